@@ -72,8 +72,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_effective:
             print(json.dumps(describe(settings), indent=2, sort_keys=True, default=str))
         else:
-            print(f"configuration OK (mode {settings.mode}, upstream {settings.upstream}, public {settings.public_url})")
+            print(
+                f"configuration OK (mode {settings.mode}, upstream {settings.upstream}, "
+                f"public {settings.public_url})"
+            )
         return 0
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Must be set before prometheus_client is first imported: workers then share one metrics view.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mcp-auth-sidecar-metrics-")
     from sidecar.server import run
 
     return run(settings)

@@ -438,7 +438,8 @@ def semantic_problems(s: Settings, sources: Mapping[str, str] | None = None) -> 
                     add(key, str(exc), node)
 
     if s.inject_headers is not None:
-        out += [Problem("inject_headers", m, None, src.get("inject_headers")) for m in header_template_problems(s.inject_headers)]
+        for message in header_template_problems(s.inject_headers):
+            out.append(Problem("inject_headers", message, None, src.get("inject_headers")))
 
     if s.mode == "broker":
         for key in ("idp_issuer", "idp_client_id", "idp_client_secret"):

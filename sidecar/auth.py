@@ -1,0 +1,108 @@
+"""The gate's bearer check, run on every proxied request (``tools/list`` included): DESIGN §2, §4.
+
+The decisions are the pure functions of :mod:`sidecar.tokens`; this module only adds the cache and, when
+``jwks_url`` is set, signature verification (:mod:`sidecar.jwks`). What a token *is* never depends on the
+clock, so inspection results are cached by token; whether it is valid *now* is decided on every request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sidecar.challenge import HeaderTooLarge, InsufficientScope, InvalidToken, MissingToken
+from sidecar.jwks import JwksVerifier
+from sidecar.tokens import (
+    OPAQUE,
+    BearerProblem,
+    Inspected,
+    Kind,
+    inspect,
+    missing_scopes,
+    parse_authorization,
+    time_problem,
+)
+
+# Distinct tokens remembered; one entry is a few hundred bytes. Evicted oldest-first when full.
+TOKEN_CACHE_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: the bearer and its (unverified or verified) claims."""
+
+    token: str
+    kind: Kind
+    claims: Mapping[str, Any]
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, authorization: str | None, now: float) -> Identity: ...
+
+
+_PROBLEM_ANSWERS = {
+    BearerProblem.EMPTY: "the bearer token is empty",
+    BearerProblem.BAD_SYNTAX: "the bearer token is malformed",
+}
+
+
+def reject_for(problem: BearerProblem) -> Exception:
+    if problem is BearerProblem.TOO_LARGE:
+        return HeaderTooLarge(problem.value)
+    if problem in (BearerProblem.MISSING, BearerProblem.NOT_BEARER):
+        return MissingToken(problem.value)
+    return InvalidToken(_PROBLEM_ANSWERS[problem], reason="malformed")
+
+
+class GateAuthenticator:
+    """Checks the client's own token: shape, time, scopes and (optionally) signature, issuer, audience."""
+
+    def __init__(
+        self,
+        *,
+        leeway: float,
+        opaque_tokens: str,
+        required_scopes: list[str],
+        verifier: JwksVerifier | None = None,
+    ) -> None:
+        self._leeway = leeway
+        self._reject_opaque = opaque_tokens == "reject"
+        self._required = frozenset(required_scopes)
+        self._required_sorted = tuple(sorted(self._required))
+        self._verifier = verifier
+        self._cache: dict[str, Inspected] = {}
+
+    async def _inspect(self, token: str) -> Inspected:
+        found = self._cache.get(token)
+        if found is not None:
+            return found
+        result = inspect(token)
+        if result.kind is Kind.JWT and self._verifier is not None:
+            claims = await self._verifier.verify(token, result.header)
+            result = Inspected(Kind.JWT, claims, result.header, result.exp, result.nbf)
+        if result.kind is not Kind.OPAQUE:  # opaque tokens share one constant: nothing to remember
+            if len(self._cache) >= TOKEN_CACHE_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[token] = result
+        return result
+
+    async def authenticate(self, authorization: str | None, now: float) -> Identity:
+        token = parse_authorization(authorization)
+        if isinstance(token, BearerProblem):
+            raise reject_for(token)
+        info = await self._inspect(token)
+        if info is OPAQUE:
+            if self._reject_opaque:
+                raise InvalidToken("opaque (non-JWT) tokens are not accepted here", reason="opaque_rejected")
+            return Identity(token, Kind.OPAQUE, {})
+        if info.kind is Kind.MALFORMED:
+            raise InvalidToken(info.problem or "the token is malformed", reason="malformed")
+        why = time_problem(info.exp, info.nbf, now, self._leeway)
+        if why is not None:
+            raise InvalidToken(why, reason="expired" if "expired" in why else "not_yet_valid")
+        if self._required and missing_scopes(info.scopes, self._required):
+            raise InsufficientScope(
+                "the token lacks a required scope", scope=self._required_sorted, reason="insufficient_scope"
+            )
+        return Identity(token, Kind.JWT, info.claims)

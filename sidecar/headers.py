@@ -1,0 +1,120 @@
+"""Header policy between client and backend: a deny-list, never an allow-list (DESIGN §9, §10).
+
+* RFC 9110 §7.6.1: "Intermediaries MUST parse a received Connection header field before a message is
+  forwarded and, for each connection-option in this field, remove any header or trailer field(s) from the
+  message with the same name as the connection-option, and then remove the Connection header field itself."
+  The fixed hop-by-hop names (Keep-Alive, TE, Transfer-Encoding, Upgrade, Proxy-*) are removed as well.
+* Every MCP header of every transport revision passes untouched: ``Mcp-Session-Id``, ``MCP-Protocol-Version``,
+  ``Last-Event-ID``, ``Mcp-Method``, ``Mcp-Name``, ``Mcp-Param-*`` (2026-07-28) and any header we do not know.
+* Injected names are stripped from what the client sent before injection, matching case-insensitively and
+  treating ``_`` and ``-`` alike (some servers fold one into the other, which would let a client smuggle
+  ``X_Forwarded_User`` past a case-only comparison).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Set by the sidecar itself on the way to the backend; client copies are replaced, not trusted.
+_REWRITTEN = frozenset({"host", "origin", "x-forwarded-proto", "x-forwarded-host"})
+
+
+def normalize(name: str) -> str:
+    """Header identity for stripping: lower case, ``_`` treated as ``-``."""
+    return name.lower().replace("_", "-")
+
+
+def _connection_options(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
+    values = headers.getall("Connection", ())
+    if not values:
+        return frozenset()
+    return frozenset(normalize(t.strip()) for v in values for t in v.split(",") if t.strip())
+
+
+class RequestHeaderPolicy:
+    """Builds the backend request's headers in one pass over the client's."""
+
+    def __init__(
+        self,
+        *,
+        backend_host: str,
+        backend_origin: str,
+        public_scheme: str,
+        strip: Iterable[str] = (),
+        forward_authorization: bool = True,
+    ) -> None:
+        drop = set(HOP_BY_HOP) | _REWRITTEN | {normalize(n) for n in strip}
+        if not forward_authorization:
+            drop.add("authorization")
+        self._drop = frozenset(drop)
+        self._backend_host = backend_host
+        self._backend_origin = backend_origin
+        self._public_scheme = public_scheme
+
+    def build(
+        self,
+        src: CIMultiDictProxy[str],
+        *,
+        remote: str | None,
+        inject: Mapping[str, str] | None = None,
+    ) -> CIMultiDict[str]:
+        drop = self._drop
+        extra = _connection_options(src)
+        if extra:
+            drop = drop | extra
+        out: CIMultiDict[str] = CIMultiDict()
+        for name, value in src.items():
+            key = name.lower()
+            if key in drop or ("_" in key and key.replace("_", "-") in drop):
+                continue
+            if key == "x-forwarded-for":
+                continue  # re-added below with the peer appended
+            out.add(name, value)
+        out["Host"] = self._backend_host
+        if "Origin" in src:
+            # An SDK server bound to localhost rejects foreign origins; the sidecar already checked this one.
+            out["Origin"] = self._backend_origin
+        prior = src.getall("X-Forwarded-For", ())
+        if remote:
+            out["X-Forwarded-For"] = ", ".join([*prior, remote])
+        elif prior:
+            out["X-Forwarded-For"] = ", ".join(prior)
+        out["X-Forwarded-Proto"] = self._public_scheme
+        host = src.get("Host")
+        if host:
+            out["X-Forwarded-Host"] = host
+        if inject:
+            for name, value in inject.items():
+                out[name] = value
+        return out
+
+
+def response_headers(src: CIMultiDictProxy[str], extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
+    """The backend's response headers minus hop-by-hop ones; repeated headers (Set-Cookie) stay separate."""
+    drop = HOP_BY_HOP | _connection_options(src)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in src.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    if extra:
+        out.update(extra)
+    return out
+
+
+def has_crlf(value: str) -> bool:
+    return "\r" in value or "\n" in value or "\x00" in value

@@ -1,0 +1,97 @@
+"""Prometheus metrics (DESIGN §11), served on their own port (``metrics_listen``) at ``/metrics``.
+
+Every metric is created once per process on a private registry; label children are bound once and reused,
+so the request path pays a dictionary lookup and an atomic add, nothing more. With ``workers > 1`` the
+workers write to ``PROMETHEUS_MULTIPROC_DIR`` and the supervising process serves the merged view.
+"""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """All of the sidecar's metrics. One instance per process, held in the app (no module globals)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "mcp_sidecar_requests_total", "Requests answered, by HTTP status.", ["status"], registry=r
+        )
+        self.latency = Histogram(
+            "mcp_sidecar_request_duration_seconds",
+            "Time from request to response headers (streams: to the first byte).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_rejections = Counter(
+            "mcp_sidecar_auth_rejections_total", "Requests refused by the bearer check, by reason.", ["reason"],
+            registry=r,
+        )
+        self.upstream_refreshes = Counter(
+            "mcp_sidecar_upstream_refreshes_total", "Upstream IdP refresh attempts, by outcome.", ["outcome"],
+            registry=r,
+        )
+        self.lock_waits = Counter(
+            "mcp_sidecar_refresh_lock_waits_total", "Requests that waited for another refresh to finish.",
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "mcp_sidecar_store_errors_total", "Store operations that failed, by operation.", ["operation"],
+            registry=r,
+        )
+        self.backend_errors = Counter(
+            "mcp_sidecar_backend_errors_total", "Backend failures, by kind.", ["kind"], registry=r
+        )
+        self.open_streams = Gauge(
+            "mcp_sidecar_open_streams", "Responses currently streaming (SSE and other unsized bodies).",
+            registry=r, multiprocess_mode="livesum",
+        )
+        self._status_children: dict[int, Counter] = {}
+        self._reason_children: dict[str, Counter] = {}
+
+    def count_status(self, status: int) -> None:
+        child = self._status_children.get(status)
+        if child is None:
+            child = self._status_children[status] = self.requests.labels(str(status))
+        child.inc()
+
+    def count_rejection(self, reason: str) -> None:
+        child = self._reason_children.get(reason)
+        if child is None:
+            child = self._reason_children[reason] = self.auth_rejections.labels(reason)
+        child.inc()
+
+
+def exposition_registry(local: CollectorRegistry) -> CollectorRegistry:
+    """The registry to expose: the merged multi-process view when workers share one, else the local one."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return local
+    merged = CollectorRegistry()
+    MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+    return merged
+
+
+def metrics_app(registry: CollectorRegistry) -> web.Application:
+    async def handle(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    return app

@@ -1,0 +1,218 @@
+"""The streaming relay: every request that is not the sidecar's own goes through here (DESIGN §3, §10).
+
+Order per request: Origin check (MCP transport spec, DNS rebinding: servers "MUST validate the Origin header
+on all incoming connections") -> bearer check (every method, ``tools/list`` included) -> optional credential
+resolution (broker) -> header policy -> backend exchange, streamed both ways.
+
+What the relay never does: parse the JSON-RPC body (a 2026-07-28 server rejects a request whose ``Mcp-Method``
+header disagrees with its body, so neither is touched), store cookies, buffer an unsized or large body, or put
+a read timeout on a response body (SSE streams may idle for hours between ``:`` keep-alives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from sidecar.auth import Authenticator, Identity
+from sidecar.challenge import (
+    AuthProblem,
+    BadGateway,
+    ForbiddenOrigin,
+    GatewayTimeout,
+    HTTPProblem,
+)
+from sidecar.cors import CorsPolicy
+from sidecar.headers import RequestHeaderPolicy, response_headers
+from sidecar.metrics import Metrics
+
+log = logging.getLogger("sidecar.proxy")
+
+# Bodies up to this size, with a declared length, are read whole and relayed in one write: fewer syscalls
+# and no chunked framing for the typical JSON-RPC message. Larger or unsized bodies are streamed.
+SMALL_BODY_BYTES = 256 * 1024
+
+Resolver = Callable[[Identity], Awaitable[Mapping[str, str] | None]]
+ResourceMetadataFor = Callable[[str], str]
+
+
+def _translate(exc: BaseException, headers_timeout: float) -> HTTPProblem:
+    """aiohttp's exceptions become the answers MCP clients act on, in this one place."""
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return GatewayTimeout("the MCP server did not accept the connection in time")
+    if isinstance(exc, TimeoutError):
+        return GatewayTimeout(f"the MCP server did not answer within {headers_timeout:g} s")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return BadGateway("the MCP server is not reachable (connection refused or failed)")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return BadGateway("the MCP server closed the connection before answering")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return BadGateway("the MCP server sent an invalid HTTP response")
+    return BadGateway("the MCP server connection failed")
+
+
+def _error_kind(problem: HTTPProblem) -> str:
+    return "timeout" if isinstance(problem, GatewayTimeout) else "unreachable"
+
+
+class Proxy:
+    """The catch-all handler. Built once; holds only immutable configuration and shared clients."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        upstream: URL,
+        authenticator: Authenticator,
+        header_policy: RequestHeaderPolicy,
+        cors: CorsPolicy,
+        metrics: Metrics,
+        resource_metadata_for: ResourceMetadataFor,
+        headers_timeout: float,
+        resolver: Resolver | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._scheme = upstream.scheme
+        self._host = upstream.raw_host or ""
+        self._port = upstream.port
+        self._base_path = upstream.raw_path.rstrip("/")
+        self._auth = authenticator
+        self._headers = header_policy
+        self._cors = cors
+        self._metrics = metrics
+        self._rm_for = resource_metadata_for
+        self._headers_timeout = headers_timeout
+        self._resolver = resolver
+        self._clock = clock
+
+    def _backend_url(self, raw_path: str) -> URL:
+        path, _, query = raw_path.partition("?")
+        # encoded=True: the path and query reach the backend byte for byte, never re-quoted or normalized.
+        return URL.build(
+            scheme=self._scheme,
+            host=self._host,
+            port=self._port,
+            path=self._base_path + path,
+            query_string=query,
+            encoded=True,
+        )
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        origin = request.headers.get("Origin")
+        cors_headers: Mapping[str, str] | None = None
+        try:
+            if origin is not None:
+                if not self._cors.allowed(origin):
+                    raise ForbiddenOrigin("this Origin is not allowed to call the MCP server")
+                if self._cors.is_preflight(request):
+                    return self._finish(self._cors.preflight(request, origin), started)
+                cors_headers = self._cors.actual_headers(origin)
+            identity = await self._auth.authenticate(request.headers.get("Authorization"), self._clock())
+            inject = await self._resolver(identity) if self._resolver is not None else None
+            response = await self._relay(request, inject, cors_headers, started)
+        except AuthProblem as problem:
+            self._metrics.count_rejection(problem.reason)
+            resp = problem.response(self._rm_for(request.path))
+            if cors_headers:
+                resp.headers.update(cors_headers)
+            return self._finish(resp, started)
+        except HTTPProblem as problem:
+            resp = problem.response(self._rm_for(request.path))
+            if cors_headers:
+                resp.headers.update(cors_headers)
+            return self._finish(resp, started)
+        return response
+
+    def _finish(self, resp: web.StreamResponse, started: float) -> web.StreamResponse:
+        self._metrics.count_status(resp.status)
+        self._metrics.latency.observe(time.perf_counter() - started)
+        return resp
+
+    async def _relay(
+        self,
+        request: web.Request,
+        inject: Mapping[str, str] | None,
+        cors_headers: Mapping[str, str] | None,
+        started: float,
+    ) -> web.StreamResponse:
+        headers = self._headers.build(request.headers, remote=request.remote, inject=inject)
+        data: bytes | aiohttp.StreamReader | None
+        if not request.body_exists:
+            data = None
+        elif request.content_length is not None and request.content_length <= SMALL_BODY_BYTES:
+            data = await request.read()
+        else:
+            data = request.content
+        url = self._backend_url(request.raw_path)
+        try:
+            async with asyncio.timeout(self._headers_timeout):
+                backend = await self._session.request(
+                    request.method, url, headers=headers, data=data, allow_redirects=False
+                )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            problem = _translate(exc, self._headers_timeout)
+            self._metrics.backend_errors.labels(_error_kind(problem)).inc()
+            log.warning("backend request failed: %s", problem.description, extra={"error": type(exc).__name__})
+            raise problem from None
+        try:
+            return await self._respond(request, backend, cors_headers, started)
+        finally:
+            # A body we did not finish (client gone, handler cancelled) must close the backend connection,
+            # so the backend sees the cancellation; a finished one goes back to the keep-alive pool.
+            if backend.content.at_eof():
+                backend.release()
+            else:
+                backend.close()
+
+    async def _respond(
+        self,
+        request: web.Request,
+        backend: aiohttp.ClientResponse,
+        cors_headers: Mapping[str, str] | None,
+        started: float,
+    ) -> web.StreamResponse:
+        headers = response_headers(backend.headers, cors_headers)
+        length = backend.content_length
+        status = backend.status
+        if request.method == "HEAD" or status in (204, 304) or (length is not None and length <= SMALL_BODY_BYTES):
+            try:
+                body = await backend.read() if request.method != "HEAD" else b""
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                problem = _translate(exc, self._headers_timeout)
+                self._metrics.backend_errors.labels("broken_body").inc()
+                raise problem from None
+            resp = web.Response(status=status, reason=backend.reason, headers=headers)
+            if body:
+                resp.body = body
+            return self._finish(resp, started)
+
+        out = web.StreamResponse(status=status, reason=backend.reason, headers=headers)
+        if length is not None:
+            out.content_length = length
+        await out.prepare(request)
+        self._finish(out, started)
+        self._metrics.open_streams.inc()
+        try:
+            async for chunk in backend.content.iter_any():
+                await out.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Headers are gone already: the only honest signal left is a truncated stream.
+            self._metrics.backend_errors.labels("broken_stream").inc()
+            log.warning("backend stream broke", extra={"error": type(exc).__name__})
+            if request.transport is not None:
+                request.transport.close()
+            return out
+        except ConnectionResetError:
+            return out  # the client went away; the finally in _relay closes the backend side
+        finally:
+            self._metrics.open_streams.dec()
+        await out.write_eof()
+        return out

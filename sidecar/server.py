@@ -1,0 +1,161 @@
+"""Process model: one event loop per worker, ``SO_REUSEPORT`` when several share the port, graceful stop.
+
+``workers: 1`` serves the proxy and the metrics port in one process. ``workers: N`` forks N workers that each
+bind the port with ``SO_REUSEPORT`` (the kernel spreads connections), while the supervising process serves
+the merged metrics of all workers and restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.process import BaseProcess
+
+from aiohttp import web
+
+from sidecar import logs
+from sidecar.app import HEALTH, build_app
+from sidecar.config import Settings, parse_host_port
+from sidecar.metrics import Metrics, exposition_registry, metrics_app
+
+log = logging.getLogger("sidecar.server")
+
+# Header limits of the HTTP parser. Authorization headers up to 16 KB are read and larger ones answered
+# 431 by the bearer check; the parser itself refuses lines beyond these (400) before any handler runs.
+MAX_FIELD_BYTES = 64 * 1024
+MAX_LINE_BYTES = 16 * 1024
+# On SIGTERM: stop accepting, let in-flight requests finish for up to this long (Kubernetes' default
+# terminationGracePeriodSeconds is 30 s; leave it room), then close what is left (long SSE streams).
+SHUTDOWN_GRACE_SECONDS = 20.0
+# A worker that dies is restarted, but not faster than this, so a crash loop does not spin the CPU.
+WORKER_RESTART_DELAY_SECONDS = 1.0
+LISTEN_BACKLOG = 1024
+
+
+def _install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def _runner(app: web.Application) -> web.AppRunner:
+    return web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        handler_cancellation=True,  # a client that disconnects cancels the backend call at once
+        max_field_size=MAX_FIELD_BYTES,
+        max_line_size=MAX_LINE_BYTES,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+    )
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, worker: int | None = None) -> None:
+    metrics = Metrics()
+    app = build_app(settings, metrics)
+    runner = _runner(app)
+    await runner.setup()
+    host, port = parse_host_port(settings.listen)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
+    await site.start()
+    metrics_runner = None
+    if with_metrics:
+        metrics_runner = web.AppRunner(metrics_app(exposition_registry(metrics.registry)), access_log=None)
+        await metrics_runner.setup()
+        mhost, mport = parse_host_port(settings.metrics_listen)
+        await web.TCPSite(metrics_runner, mhost, mport).start()
+    log.info("listening", extra={"listen": settings.listen, "metrics_listen": settings.metrics_listen,
+                                 "worker": worker})
+    try:
+        await _wait_for_signal()
+    finally:
+        log.info("shutting down", extra={"worker": worker})
+        app[HEALTH].ready = False
+        await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+
+
+def _worker_main(settings: Settings, index: int) -> None:
+    logs.setup(settings.log_format, settings.log_level)
+    _install_uvloop()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(settings, with_metrics=False, reuse_port=True, worker=index))
+
+
+async def _supervise(settings: Settings) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs: dict[int, BaseProcess] = {}
+
+    def start(index: int) -> None:
+        proc = ctx.Process(target=_worker_main, args=(settings, index), name=f"mcp-auth-sidecar-worker-{index}")
+        proc.start()
+        procs[index] = proc
+
+    for i in range(settings.workers):
+        start(i)
+    metrics_runner = web.AppRunner(metrics_app(exposition_registry(Metrics().registry)), access_log=None)
+    await metrics_runner.setup()
+    mhost, mport = parse_host_port(settings.metrics_listen)
+    await web.TCPSite(metrics_runner, mhost, mport).start()
+    stopping = asyncio.create_task(_wait_for_signal())
+    try:
+        while not stopping.done():
+            await asyncio.wait({stopping}, timeout=WORKER_RESTART_DELAY_SECONDS)
+            for index, proc in list(procs.items()):
+                if not proc.is_alive() and not stopping.done():
+                    log.error("worker died; restarting", extra={"worker": index, "exitcode": proc.exitcode})
+                    _mark_dead(proc.pid)
+                    start(index)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS + 5
+        for proc in procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+        await metrics_runner.cleanup()
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def run(settings: Settings) -> int:
+    """Entry point of ``mcp-auth-sidecar serve`` after the configuration was accepted."""
+    logs.setup(settings.log_format, settings.log_level)
+    uv = _install_uvloop()
+    log.info("starting mcp-auth-sidecar", extra={"mode": settings.mode, "workers": settings.workers, "uvloop": uv})
+    try:
+        if settings.workers == 1:
+            asyncio.run(serve(settings, with_metrics=True, reuse_port=False))
+        else:
+            asyncio.run(_supervise(settings))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
