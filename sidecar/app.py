@@ -7,20 +7,26 @@ module-global, so several apps (tests, workers) coexist in one interpreter.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
-from sidecar.auth import GateAuthenticator
+from sidecar.auth import Authenticator, GateAuthenticator
+from sidecar.broker import BrokerAuthenticator, BrokerResolver, ClaimsResolver
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
+from sidecar.crypto import KeyRing
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
+from sidecar.idp import IdPClient
+from sidecar.inject import BROKER_DEFAULTS, HeaderTemplates
 from sidecar.jwks import JwksVerifier
 from sidecar.metadata import WELL_KNOWN, ResourceMetadata
 from sidecar.metrics import Metrics
-from sidecar.proxy import Proxy
+from sidecar.proxy import Proxy, Resolver
+from sidecar.refresh import CredentialBroker
+from sidecar.store.base import StoreUnavailable, TokenStore
 
 log = logging.getLogger("sidecar.app")
 
@@ -29,6 +35,10 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 HEALTH = web.AppKey("health", Health)
 PROXY = web.AppKey("proxy", Proxy)
+STORE = web.AppKey("store", TokenStore)
+CREDENTIALS = web.AppKey("credentials", CredentialBroker)
+BROKER_AUTH = web.AppKey("broker_auth", BrokerAuthenticator)
+IDP = web.AppKey("idp", IdPClient)
 METADATA = web.AppKey("metadata", ResourceMetadata)
 
 # Backend keep-alive connections are dropped after this idle time: below uvicorn's 5 s default, so the
@@ -62,10 +72,27 @@ def backend_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def build_app(settings: Settings, metrics: Metrics | None = None) -> web.Application:
+def header_templates(settings: Settings) -> HeaderTemplates:
+    if settings.inject_headers is not None:
+        return HeaderTemplates(settings.inject_headers)
+    return HeaderTemplates(BROKER_DEFAULTS if settings.mode == "broker" else {})
+
+
+def build_app(
+    settings: Settings,
+    metrics: Metrics | None = None,
+    *,
+    store: TokenStore | None = None,
+    idp: IdPClient | None = None,
+) -> web.Application:
+    """The sidecar's application. ``store`` and ``idp`` override what the settings would build (tests)."""
     app = web.Application(client_max_size=0)
     app[SETTINGS] = settings
     app[METRICS] = metrics or Metrics()
+    if store is not None:
+        app[STORE] = store
+    if idp is not None:
+        app[IDP] = idp
     health = app[HEALTH] = Health()
     metadata = app[METADATA] = ResourceMetadata(
         settings.public, settings.authorization_servers, settings.required_scopes
@@ -90,21 +117,59 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     session = backend_session(settings)
     app[SESSION] = session
     verifier = None
-    if settings.jwks_url:
-        verifier = JwksVerifier(session, settings.jwks_url, issuer=settings.issuer, audience=settings.audience)
-    authenticator = GateAuthenticator(
-        leeway=settings.leeway_seconds,
-        opaque_tokens=settings.opaque_tokens,
-        required_scopes=settings.required_scopes,
-        verifier=verifier,
-    )
+    templates = header_templates(settings)
+    authenticator: Authenticator
+    resolver: Resolver | None = None
+    owned_store = False
+    if settings.mode == "broker":
+        if STORE not in app:
+            if settings.encryption_keys is not None:
+                keyring = KeyRing.from_setting(settings.encryption_keys)
+            else:
+                keyring = KeyRing.ephemeral()
+                log.warning(
+                    "no encryption_keys set: using an ephemeral key; stored grants do not survive a restart"
+                )
+            from sidecar.store import open_store
+
+            app[STORE] = open_store(settings, keyring)
+            owned_store = True
+        store = app[STORE]
+        if IDP not in app:
+            app[IDP] = IdPClient.from_settings(settings, session)
+        app[CREDENTIALS] = CredentialBroker(
+            store=store,
+            idp=app[IDP],
+            metrics=app[METRICS],
+            skew=settings.refresh_skew_seconds,
+            lock_seconds=settings.refresh_lock_seconds,
+            cache_seconds=settings.token_cache_seconds,
+        )
+        authenticator = app[BROKER_AUTH] = BrokerAuthenticator(
+            store=store, metrics=app[METRICS], cache_seconds=settings.token_cache_seconds
+        )
+        resolver = BrokerResolver(
+            credentials=app[CREDENTIALS], templates=templates, required_scopes=settings.required_scopes
+        )
+        app[HEALTH].checks["store"] = _store_check(store)
+    else:
+        if settings.jwks_url:
+            verifier = JwksVerifier(session, settings.jwks_url, issuer=settings.issuer, audience=settings.audience)
+        authenticator = GateAuthenticator(
+            leeway=settings.leeway_seconds,
+            opaque_tokens=settings.opaque_tokens,
+            required_scopes=settings.required_scopes,
+            verifier=verifier,
+        )
+        if templates:
+            resolver = ClaimsResolver(templates)
     metadata = app[METADATA]
     upstream = settings.upstream_url
     policy = RequestHeaderPolicy(
         backend_host=upstream.raw_authority,
         backend_origin=origin_of(str(upstream)),
         public_scheme=settings.public.scheme,
-        strip=(settings.inject_headers or {}).keys(),
+        strip=templates.names,
         forward_authorization=settings.forward_client_token_effective,
     )
     app[PROXY] = Proxy(
@@ -116,6 +181,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics=app[METRICS],
         resource_metadata_for=metadata.metadata_url_for,
         headers_timeout=settings.backend_timeout_seconds,
+        resolver=resolver,
     )
     health = app[HEALTH]
     health.ready = True
@@ -133,3 +199,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     finally:
         health.ready = False
         await session.close()
+        if owned_store:
+            await app[STORE].close()
+
+
+def _store_check(store: TokenStore) -> Callable[[], Awaitable[str | None]]:
+    async def check() -> str | None:
+        try:
+            await store.ping()
+        except StoreUnavailable as exc:
+            return str(exc)
+        return None
+
+    return check

@@ -35,6 +35,7 @@ class Identity:
     token: str
     kind: Kind
     claims: Mapping[str, Any]
+    grant_id: str | None = None  # broker mode: the grant the client token belongs to
 
 
 class Authenticator(Protocol):

@@ -438,6 +438,8 @@ def semantic_problems(s: Settings, sources: Mapping[str, str] | None = None) -> 
                     add(key, str(exc), node)
 
     if s.inject_headers is not None:
+        if s.mode == "gate" and any("{upstream." in t for t in s.inject_headers.values() if isinstance(t, str)):
+            add("inject_headers", "{upstream.*} values exist only in broker mode; in gate mode use {claims.<name>}")
         for message in header_template_problems(s.inject_headers):
             out.append(Problem("inject_headers", message, None, src.get("inject_headers")))
 

@@ -1,0 +1,281 @@
+"""Upstream credentials, get-or-refresh: refreshed once, never forwarded stale (DESIGN §7).
+
+1. :func:`needs_refresh` is pure: the access token is missing, or expires within ``skew`` seconds.
+2. In-process single-flight: concurrent requests for one grant share one refresh task.
+3. Across replicas: the store's lock (``SET NX PX``, TTL longer than the IdP timeout). The holder re-reads the
+   record (another replica may have refreshed it already), calls the IdP's ``refresh_token`` grant
+   (RFC 6749 §6), keeps the old refresh token when the IdP returns none, and writes with compare-and-set on
+   ``generation``. Waiters poll the record, not the IdP.
+4. ``invalid_grant`` / ``invalid_client``: the upstream credentials are dropped and the client is told to
+   re-authorize (401). Timeout / 5xx: nothing is dropped; the current token is used while it is still valid,
+   else 503 + ``Retry-After``.
+5. An expired upstream access token is never returned, so never forwarded.
+
+Decrypted credentials are cached in-process for at most ``token_cache_seconds`` and never past
+``access_expires_at - skew`` (DESIGN §13), so revocation and store outages show within that bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jwt
+
+from sidecar.challenge import InvalidToken, ServiceUnavailable
+from sidecar.idp import IdPError, IdPRejected, IdPUnavailable, TokenSet, UpstreamIdP
+from sidecar.metrics import Metrics
+from sidecar.store.base import Grant, StoreUnavailable, TokenStore, UpstreamCredentials
+
+log = logging.getLogger("sidecar.refresh")
+
+# Waiters poll the grant record this often while another replica holds the refresh lock: a Redis read is
+# ~0.1 ms, and an IdP round trip takes tens of milliseconds, so this adds little latency and little load.
+LOCK_POLL_SECONDS = 0.05
+# Retry-After for a 503 caused by the IdP: long enough not to hammer a struggling IdP, short for users.
+IDP_RETRY_AFTER_SECONDS = 5
+STORE_RETRY_AFTER_SECONDS = 2
+# Distinct grants whose decrypted credentials are remembered in-process; evicted oldest-first.
+CACHE_ENTRIES = 10_000
+
+REAUTHORIZE = "the upstream authorization ended; re-authorization is needed"
+
+
+def needs_refresh(creds: UpstreamCredentials, now: float, skew: float) -> bool:
+    """True when the upstream access token is missing or expires within ``skew`` seconds of ``now``."""
+    if creds.access_token is None:
+        return True
+    return creds.access_expires_at is not None and now >= creds.access_expires_at - skew
+
+
+def usable(creds: UpstreamCredentials, now: float) -> bool:
+    """True while the upstream access token may still be sent: present and not yet expired."""
+    if creds.access_token is None:
+        return False
+    return creds.access_expires_at is None or now < creds.access_expires_at
+
+
+def cache_deadline(creds: UpstreamCredentials, now: float, cache_seconds: float, skew: float) -> float:
+    """How long decrypted credentials may be reused without asking the store again (DESIGN §13)."""
+    until = now + cache_seconds
+    if creds.access_expires_at is not None:
+        until = min(until, creds.access_expires_at - skew)
+    return until
+
+
+def merged_credentials(old: UpstreamCredentials, tokens: TokenSet, id_token_exp: float | None) -> UpstreamCredentials:
+    """The record after a refresh: the old refresh (and id) token stay when the IdP returns none (RFC 6749 §6:
+    "The authorization server MAY issue a new refresh token, in which case the client MUST discard the old
+    refresh token")."""
+    return UpstreamCredentials(
+        access_token=tokens.access_token,
+        refresh_token=tokens.refresh_token or old.refresh_token,
+        id_token=tokens.id_token or old.id_token,
+        access_expires_at=tokens.expires_at,
+        refresh_expires_at=None if tokens.refresh_token else old.refresh_expires_at,
+        id_token_expires_at=id_token_exp if tokens.id_token else old.id_token_expires_at,
+    )
+
+
+@dataclass(slots=True)
+class _Cached:
+    grant: Grant
+    until: float
+
+
+class CredentialBroker:
+    """Returns a grant whose upstream access token is valid now, refreshing it first when needed."""
+
+    def __init__(
+        self,
+        *,
+        store: TokenStore,
+        idp: UpstreamIdP,
+        metrics: Metrics,
+        skew: float,
+        lock_seconds: float,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._idp = idp
+        self._metrics = metrics
+        self._skew = skew
+        self._lock_ms = int(lock_seconds * 1000)
+        self._lock_seconds = lock_seconds
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, _Cached] = {}
+        self._inflight: dict[str, asyncio.Future[Grant]] = {}
+
+    def forget(self, grant_id: str) -> None:
+        """Drop a cached grant (after revocation or a write made elsewhere in this process)."""
+        self._cache.pop(grant_id, None)
+
+    def _remember(self, grant: Grant, now: float) -> None:
+        if grant.upstream is None or self._cache_seconds <= 0:
+            return
+        until = cache_deadline(grant.upstream, now, self._cache_seconds, self._skew)
+        if until <= now:
+            return
+        if len(self._cache) >= CACHE_ENTRIES and grant.grant_id not in self._cache:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[grant.grant_id] = _Cached(grant, until)
+
+    async def _read(self, grant_id: str) -> Grant | None:
+        try:
+            return await self._store.get_grant(grant_id)
+        except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("get_grant").inc()
+            raise ServiceUnavailable(
+                "the credential store is unreachable; try again shortly", retry_after=STORE_RETRY_AFTER_SECONDS
+            ) from exc
+
+    async def current(self, grant_id: str) -> Grant:
+        """The grant with a valid upstream access token, or an HTTP problem (401 re-authorize / 503)."""
+        now = self._clock()
+        cached = self._cache.get(grant_id)
+        if cached is not None and now < cached.until:
+            return cached.grant
+        grant = await self._read(grant_id)
+        if grant is None:
+            self.forget(grant_id)
+            raise InvalidToken("the token's grant is unknown or was revoked", reason="unknown_grant")
+        if grant.upstream is None:
+            self.forget(grant_id)
+            raise InvalidToken(REAUTHORIZE, reason="reauthorize")
+        if not needs_refresh(grant.upstream, now, self._skew):
+            self._remember(grant, now)
+            return grant
+        flight = self._inflight.get(grant_id)
+        if flight is None:
+            flight = asyncio.ensure_future(self._refresh(grant_id))
+            self._inflight[grant_id] = flight
+            flight.add_done_callback(lambda _f: self._inflight.pop(grant_id, None))
+        # shield: one caller's cancellation (client gone) must not cancel the refresh others wait for.
+        return await asyncio.shield(flight)
+
+    async def _refresh(self, grant_id: str) -> Grant:
+        owner = secrets.token_hex(8)
+        deadline = time.monotonic() + self._lock_seconds + 1.0
+        waited = False
+        while True:
+            try:
+                got = await self._store.acquire_lock(grant_id, owner, self._lock_ms)
+            except StoreUnavailable as exc:
+                self._metrics.store_errors.labels("acquire_lock").inc()
+                raise ServiceUnavailable("the credential store is unreachable", retry_after=2) from exc
+            if got:
+                try:
+                    fresh = await self._refresh_locked(grant_id)
+                finally:
+                    try:
+                        await self._store.release_lock(grant_id, owner)
+                    except StoreUnavailable:
+                        self._metrics.store_errors.labels("release_lock").inc()  # expires by its TTL
+                self._remember(fresh, self._clock())
+                return fresh
+            if not waited:
+                self._metrics.lock_waits.inc()
+                waited = True
+            await asyncio.sleep(LOCK_POLL_SECONDS)
+            grant = await self._read(grant_id)
+            now = self._clock()
+            if grant is None:
+                raise InvalidToken("the token's grant is unknown or was revoked", reason="unknown_grant")
+            if grant.upstream is None:
+                raise InvalidToken(REAUTHORIZE, reason="reauthorize")
+            if not needs_refresh(grant.upstream, now, self._skew):
+                self._metrics.upstream_refreshes.labels("adopted").inc()
+                self._remember(grant, now)
+                return grant  # another replica refreshed: adopt its write
+            if time.monotonic() > deadline:
+                if usable(grant.upstream, now):
+                    return grant
+                raise ServiceUnavailable(
+                    "an upstream refresh in progress elsewhere did not finish in time",
+                    retry_after=IDP_RETRY_AFTER_SECONDS,
+                )
+
+    async def _refresh_locked(self, grant_id: str) -> Grant:
+        grant = await self._read(grant_id)  # re-read under the lock: another replica may have written
+        now = self._clock()
+        if grant is None:
+            raise InvalidToken("the token's grant is unknown or was revoked", reason="unknown_grant")
+        creds = grant.upstream
+        if creds is None:
+            raise InvalidToken(REAUTHORIZE, reason="reauthorize")
+        if not needs_refresh(creds, now, self._skew):
+            self._metrics.upstream_refreshes.labels("adopted").inc()
+            return grant
+        if creds.refresh_token is None:
+            if usable(creds, now):
+                return grant
+            self._metrics.upstream_refreshes.labels("no_refresh_token").inc()
+            raise InvalidToken(REAUTHORIZE, reason="reauthorize")
+        try:
+            tokens = await self._idp.refresh(creds.refresh_token)
+            id_exp = None
+            if tokens.id_token:
+                claims = await self._idp.verify_id_token(tokens.id_token)
+                id_exp = float(claims["exp"]) if isinstance(claims.get("exp"), int | float) else None
+        except IdPRejected as exc:
+            if exc.drops_credentials:
+                self._metrics.upstream_refreshes.labels("rejected").inc()
+                log.warning("upstream refresh rejected; credentials dropped",
+                            extra={"grant": grant_id, "error": exc.error, "description": exc.description})
+                try:
+                    await self._store.drop_upstream(grant_id, grant.generation)
+                except StoreUnavailable:
+                    self._metrics.store_errors.labels("drop_upstream").inc()
+                self.forget(grant_id)
+                raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
+            return self._fallback(grant, now, f"the IdP refused the refresh ({exc.error})")
+        except (IdPUnavailable, IdPError, jwt.PyJWTError) as exc:
+            return self._fallback(grant, now, f"the IdP is unavailable ({type(exc).__name__})")
+        new = merged_credentials(creds, tokens, id_exp)
+        try:
+            written = await self._store.compare_and_set_upstream(grant_id, grant.generation, new)
+        except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("compare_and_set").inc()
+            # The IdP may have rotated the refresh token we could not save: the next refresh may fail with
+            # invalid_grant. Nothing better is possible without the store; say so and let the client retry.
+            log.error("refreshed upstream credentials could not be stored", extra={"grant": grant_id})
+            raise ServiceUnavailable(
+                "the credential store is unreachable", retry_after=STORE_RETRY_AFTER_SECONDS
+            ) from exc
+        self._metrics.upstream_refreshes.labels("refreshed").inc()
+        if not written:
+            latest = await self._read(grant_id)  # lost the race (lock expired mid-refresh): take the winner's
+            if latest is None or latest.upstream is None:
+                raise InvalidToken(REAUTHORIZE, reason="reauthorize")
+            return latest
+        log.info("upstream credentials refreshed", extra={"grant": grant_id})
+        return Grant(
+            grant_id=grant.grant_id,
+            subject=grant.subject,
+            client_id=grant.client_id,
+            scopes=grant.scopes,
+            generation=grant.generation + 1,
+            created_at=grant.created_at,
+            updated_at=now,
+            expires_at=grant.expires_at,
+            claims=grant.claims,
+            upstream=new,
+        )
+
+    def _fallback(self, grant: Grant, now: float, why: str) -> Grant:
+        """IdP trouble: keep everything; use the current token while valid, else 503."""
+        assert grant.upstream is not None
+        if usable(grant.upstream, now):
+            self._metrics.upstream_refreshes.labels("failed_kept_valid").inc()
+            log.warning("upstream refresh failed; current token still valid", extra={"grant": grant.grant_id,
+                                                                                      "reason": why})
+            return grant
+        self._metrics.upstream_refreshes.labels("failed").inc()
+        log.warning("upstream refresh failed; no valid token left", extra={"grant": grant.grant_id, "reason": why})
+        raise ServiceUnavailable(f"{why}; try again shortly", retry_after=IDP_RETRY_AFTER_SECONDS)

@@ -1,0 +1,237 @@
+"""Get-or-refresh of upstream credentials (DESIGN §7) against the memory store and a scripted IdP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from sidecar.challenge import InvalidToken, ServiceUnavailable
+from sidecar.crypto import KeyRing
+from sidecar.idp import IdPRejected, IdPUnavailable, TokenSet
+from sidecar.metrics import Metrics
+from sidecar.refresh import CredentialBroker, cache_deadline, needs_refresh, usable
+from sidecar.store.base import UpstreamCredentials
+from sidecar.store.memory import MemoryTokenStore
+
+NOW = 1_800_000_000.0
+
+
+class ScriptedIdP:
+    """An UpstreamIdP whose refresh answers are scripted; counts calls and can be slow."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seen_refresh_tokens: list[str] = []
+        self.fail: Exception | None = None
+        self.delay = 0.0
+        self.rotate = True
+        self.lifetime = 3600
+
+    async def refresh(self, refresh_token: str, *, scope: str | None = None) -> TokenSet:
+        self.calls += 1
+        self.seen_refresh_tokens.append(refresh_token)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail is not None:
+            raise self.fail
+        n = self.calls
+        return TokenSet(
+            access_token=f"up-at-{n}",
+            token_type="Bearer",
+            expires_in=self.lifetime,
+            expires_at=time.time() + self.lifetime,
+            expires_in_source="response",
+            refresh_token=f"up-rt-{n}" if self.rotate else None,
+        )
+
+    async def exchange_code(self, code: str, redirect_uri: str, code_verifier: str | None) -> TokenSet:
+        raise NotImplementedError
+
+    async def verify_id_token(self, id_token: str, nonce: str | None = None) -> dict[str, Any]:
+        return {"sub": "u1", "exp": time.time() + 3600}
+
+
+def creds(access_exp: float | None, *, refresh: str | None = "up-rt-0", access: str | None = "up-at-0"):
+    return UpstreamCredentials(access_token=access, refresh_token=refresh, access_expires_at=access_exp)
+
+
+@pytest.mark.parametrize(
+    ("access_exp", "now", "skew", "expected"),
+    [
+        (NOW + 3600, NOW, 60, False),
+        (NOW + 61, NOW, 60, False),
+        (NOW + 60, NOW, 60, True),  # exactly at the skew boundary: refresh
+        (NOW + 10, NOW, 60, True),
+        (NOW - 1, NOW, 60, True),
+        (None, NOW, 60, False),  # unknown expiry: nothing to go by
+        (NOW + 1, NOW, 0, False),
+    ],
+)
+def test_needs_refresh(access_exp: float | None, now: float, skew: float, expected: bool) -> None:
+    assert needs_refresh(creds(access_exp), now, skew) is expected
+
+
+def test_missing_access_token_needs_refresh_and_is_not_usable() -> None:
+    c = creds(NOW + 3600, access=None)
+    assert needs_refresh(c, NOW, 60)
+    assert not usable(c, NOW)
+
+
+def test_usable_until_the_exact_expiry_and_never_after() -> None:
+    assert usable(creds(NOW + 1), NOW)
+    assert not usable(creds(NOW), NOW)
+    assert not usable(creds(NOW - 5), NOW)
+
+
+def test_cache_never_outlives_expiry_minus_skew() -> None:
+    assert cache_deadline(creds(NOW + 3600), NOW, 2, 60) == NOW + 2
+    assert cache_deadline(creds(NOW + 61), NOW, 2, 60) == NOW + 1
+    assert cache_deadline(creds(NOW + 30), NOW, 2, 60) < NOW
+
+
+@pytest.fixture
+def store() -> MemoryTokenStore:
+    return MemoryTokenStore(KeyRing.ephemeral(), key_prefix="unit")
+
+
+def broker(store: MemoryTokenStore, idp: ScriptedIdP, metrics: Metrics | None = None, **kw: Any) -> CredentialBroker:
+    return CredentialBroker(
+        store=store,
+        idp=idp,
+        metrics=metrics or Metrics(),
+        skew=kw.pop("skew", 60),
+        lock_seconds=kw.pop("lock_seconds", 5),
+        cache_seconds=kw.pop("cache_seconds", 2),
+        **kw,
+    )
+
+
+async def expired_grant(store: MemoryTokenStore, *, refresh: str | None = "up-rt-0", exp_in: float = -10):
+    return await store.create_grant(
+        subject="u1",
+        client_id="c1",
+        scopes=["openid"],
+        claims={"sub": "u1", "email": "u1@example.com"},
+        upstream=creds(time.time() + exp_in, refresh=refresh),
+    )
+
+
+async def test_hundred_concurrent_requests_on_an_expired_grant_refresh_exactly_once(store) -> None:
+    idp = ScriptedIdP()
+    idp.delay = 0.05
+    grant = await expired_grant(store)
+    b = broker(store, idp)
+    results = await asyncio.gather(*(b.current(grant.grant_id) for _ in range(100)))
+    assert idp.calls == 1
+    assert {r.upstream.access_token for r in results} == {"up-at-1"}
+    stored = await store.get_grant(grant.grant_id)
+    assert stored.upstream.access_token == "up-at-1"
+    assert stored.upstream.refresh_token == "up-rt-1"
+    assert stored.generation == grant.generation + 1
+
+
+async def test_two_replicas_sharing_a_store_refresh_exactly_once(store) -> None:
+    """Two brokers (two replicas' worth of single-flight) meet at the store's lock: one refresh."""
+    idp = ScriptedIdP()
+    idp.delay = 0.2
+    grant = await expired_grant(store)
+    metrics_b = Metrics()
+    a, b = broker(store, idp), broker(store, idp, metrics_b)
+    results = await asyncio.gather(*(x.current(grant.grant_id) for x in [a, b] * 20))
+    assert idp.calls == 1
+    assert {r.upstream.access_token for r in results} == {"up-at-1"}
+    assert metrics_b.lock_waits._value.get() == 1 or metrics_b.upstream_refreshes.labels("adopted")._value.get() >= 1
+
+
+async def test_old_refresh_token_kept_when_idp_returns_none(store) -> None:
+    idp = ScriptedIdP()
+    idp.rotate = False
+    grant = await expired_grant(store, refresh="keep-me")
+    await broker(store, idp).current(grant.grant_id)
+    stored = await store.get_grant(grant.grant_id)
+    assert stored.upstream.access_token == "up-at-1"
+    assert stored.upstream.refresh_token == "keep-me"
+
+
+async def test_invalid_grant_drops_credentials_and_asks_to_reauthorize(store) -> None:
+    idp = ScriptedIdP()
+    idp.fail = IdPRejected("invalid_grant", "token revoked")
+    grant = await expired_grant(store)
+    with pytest.raises(InvalidToken) as err:
+        await broker(store, idp).current(grant.grant_id)
+    assert err.value.status == 401
+    assert "re-authorization" in err.value.description
+    stored = await store.get_grant(grant.grant_id)
+    assert stored is not None and stored.upstream is None  # grant kept, credentials gone
+    # and the next request does not call the IdP again: it is told to re-authorize straight away
+    with pytest.raises(InvalidToken):
+        await broker(store, idp).current(grant.grant_id)
+    assert idp.calls == 1
+
+
+async def test_idp_down_with_expired_token_is_503_and_grant_survives(store) -> None:
+    idp = ScriptedIdP()
+    idp.fail = IdPUnavailable("connection refused")
+    grant = await expired_grant(store)
+    b = broker(store, idp)
+    with pytest.raises(ServiceUnavailable) as err:
+        await b.current(grant.grant_id)
+    assert err.value.status == 503
+    assert int(err.value.extra_headers["Retry-After"]) > 0
+    stored = await store.get_grant(grant.grant_id)
+    assert stored.upstream.refresh_token == "up-rt-0" and stored.generation == grant.generation
+    idp.fail = None  # the IdP is back: the next request succeeds
+    again = await b.current(grant.grant_id)
+    assert again.upstream.access_token == "up-at-2"
+
+
+async def test_idp_down_with_a_still_valid_token_forwards_the_current_one(store) -> None:
+    idp = ScriptedIdP()
+    idp.fail = IdPUnavailable("timeout")
+    grant = await expired_grant(store, exp_in=30)  # inside the 60 s skew, not yet expired
+    got = await broker(store, idp).current(grant.grant_id)
+    assert got.upstream.access_token == "up-at-0"
+
+
+async def test_expired_token_without_refresh_token_is_401_not_forwarded(store) -> None:
+    idp = ScriptedIdP()
+    grant = await expired_grant(store, refresh=None)
+    with pytest.raises(InvalidToken):
+        await broker(store, idp).current(grant.grant_id)
+    assert idp.calls == 0
+
+
+async def test_unknown_grant_is_401(store) -> None:
+    with pytest.raises(InvalidToken):
+        await broker(store, ScriptedIdP()).current("0" * 32)
+
+
+async def test_fresh_grant_is_served_from_cache_within_bound(store) -> None:
+    idp = ScriptedIdP()
+    grant = await store.create_grant(
+        subject="u1", client_id="c1", scopes=[], claims={}, upstream=creds(time.time() + 3600)
+    )
+    b = broker(store, idp, cache_seconds=60)
+    first = await b.current(grant.grant_id)
+    await store.delete_grant(grant.grant_id)
+    assert (await b.current(grant.grant_id)).upstream.access_token == first.upstream.access_token  # cached
+    b.forget(grant.grant_id)
+    with pytest.raises(InvalidToken):
+        await b.current(grant.grant_id)
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_refresh(store) -> None:
+    idp = ScriptedIdP()
+    idp.delay = 0.2
+    grant = await expired_grant(store)
+    b = broker(store, idp)
+    first = asyncio.ensure_future(b.current(grant.grant_id))
+    second = asyncio.ensure_future(b.current(grant.grant_id))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    got = await second
+    assert got.upstream.access_token == "up-at-1"
+    assert idp.calls == 1
