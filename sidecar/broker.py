@@ -54,7 +54,7 @@ class BrokerAuthenticator:
         if parsed is None or parsed.kind != "access":
             raise InvalidToken("the token was not issued by this server", reason="unknown_token")
         try:
-            found = await self._store.lookup_access_token(token)
+            found = await self._store.find_access_token(token)
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("lookup_access_token").inc()
             raise ServiceUnavailable(
@@ -63,11 +63,11 @@ class BrokerAuthenticator:
         if found is None:
             self._cache.pop(token, None)
             raise InvalidToken("the access token is unknown, expired or revoked", reason="unknown_token")
-        grant_id, expires_at = found
+        grant_id = found.grant_id
         if self._cache_seconds > 0:
             if len(self._cache) >= TOKEN_CACHE_ENTRIES:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[token] = _Seen(grant_id, min(now + self._cache_seconds, expires_at))
+            self._cache[token] = _Seen(grant_id, min(now + self._cache_seconds, found.expires_at))
         return Identity(token, Kind.OPAQUE, {}, grant_id)
 
 

@@ -29,7 +29,7 @@ import jwt
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.idp import IdPError, IdPRejected, IdPUnavailable, TokenSet, UpstreamIdP
 from sidecar.metrics import Metrics
-from sidecar.store.base import Grant, StoreUnavailable, TokenStore, UpstreamCredentials
+from sidecar.store.base import Grant, RecordCorrupt, StoreUnavailable, TokenStore, UpstreamCredentials
 
 log = logging.getLogger("sidecar.refresh")
 
@@ -134,6 +134,12 @@ class CredentialBroker:
             raise ServiceUnavailable(
                 "the credential store is unreachable; try again shortly", retry_after=STORE_RETRY_AFTER_SECONDS
             ) from exc
+        except RecordCorrupt as exc:
+            # Unreadable with every key in the ring (a key was removed too early, or the record was altered):
+            # the only way forward for this user is a new login.
+            self._metrics.store_errors.labels("record_corrupt").inc()
+            log.error("grant record cannot be read", extra={"grant": grant_id, "error": str(exc)})
+            raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
 
     async def current(self, grant_id: str) -> Grant:
         """The grant with a valid upstream access token, or an HTTP problem (401 re-authorize / 503)."""
