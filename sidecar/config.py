@@ -269,8 +269,10 @@ def load_settings(
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
+        bad: set[str] = set()
         for err in exc.errors():
             key = str(err["loc"][0]) if err["loc"] else "config"
+            bad.add(key)
             problems.append(
                 Problem(
                     key,
@@ -279,6 +281,13 @@ def load_settings(
                     sources.get(key),
                 )
             )
+        # A type error must not hide the other problems: check the relations among the keys that did parse.
+        try:
+            partial = Settings.model_validate({k: v for k, v in merged.items() if k not in bad})
+        except ValidationError:
+            partial = None
+        if partial is not None:
+            problems += [p for p in semantic_problems(partial, sources) if p.key not in bad]
     if settings is not None:
         problems += semantic_problems(settings, sources)
     if problems:

@@ -24,6 +24,7 @@ from sidecar.auth import Authenticator, Identity
 from sidecar.challenge import (
     AuthProblem,
     BadGateway,
+    BadRequest,
     ForbiddenOrigin,
     GatewayTimeout,
     HTTPProblem,
@@ -115,7 +116,12 @@ class Proxy:
                 if self._cors.is_preflight(request):
                     return self._finish(self._cors.preflight(request, origin), started)
                 cors_headers = self._cors.actual_headers(origin)
-            identity = await self._auth.authenticate(request.headers.get("Authorization"), self._clock())
+            authorization = request.headers.getall("Authorization", ())
+            if len(authorization) > 1:
+                # RFC 9110 §11.6.2: Authorization is a singleton field. A backend that reads another copy than
+                # the one checked here would act on a bearer the sidecar never checked.
+                raise BadRequest("more than one Authorization header")
+            identity = await self._auth.authenticate(authorization[0] if authorization else None, self._clock())
             inject = await self._resolver(identity) if self._resolver is not None else None
             response = await self._relay(request, inject, cors_headers, started)
         except AuthProblem as problem:
@@ -151,7 +157,12 @@ class Proxy:
             data = await request.read()
         else:
             data = request.content
-        url = self._backend_url(request.raw_path)
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            # absolute-form (RFC 9112 §3.2.2) or asterisk-form target: the backend gets origin-form, path and
+            # query still exactly as sent.
+            raw = request.rel_url.raw_path_qs
+        url = self._backend_url(raw)
         try:
             async with asyncio.timeout(self._headers_timeout):
                 backend = await self._session.request(

@@ -16,6 +16,7 @@ import base64
 import binascii
 import enum
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,16 +80,26 @@ def parse_authorization(value: str | None) -> str | BearerProblem:
     return token
 
 
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 §6); Python's parser would accept them and NaN compares false
+    # with everything, so an "exp": NaN would never expire.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _b64url_json(part: str) -> Any:
     raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    return json.loads(raw)
+    return json.loads(raw, parse_constant=_reject_constant)
 
 
 def _number(value: Any) -> float | None:
     # bool is an int in Python; a JSON true is not a NumericDate (RFC 7519 §2).
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        # A JSON integer beyond float range is still a NumericDate: effectively "never" (or "long ago").
+        return math.inf if value > 0 else -math.inf
 
 
 def inspect(token: str) -> Inspected:
