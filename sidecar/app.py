@@ -94,15 +94,20 @@ def build_app(
     if idp is not None:
         app[IDP] = idp
     health = app[HEALTH] = Health()
-    metadata = app[METADATA] = ResourceMetadata(
-        settings.public, settings.authorization_servers, settings.required_scopes
-    )
+    servers = settings.authorization_servers
+    if settings.mode == "broker":
+        from sidecar.oauth import add_routes, issuer_of  # imported here: sidecar.oauth imports this module's keys
+
+        servers = [issuer_of(settings)]  # the sidecar is the authorization server (RFC 9728 §2, RFC 8414 §2)
+    metadata = app[METADATA] = ResourceMetadata(settings.public, servers, settings.required_scopes)
     prefix = settings.public.raw_path.rstrip("/")
     for base in dict.fromkeys(["", prefix]):
         app.router.add_get(base + WELL_KNOWN, metadata.handle)
         app.router.add_get(base + WELL_KNOWN + "/{suffix:.*}", metadata.handle)
         app.router.add_get(base + "/healthz", health.healthz)
         app.router.add_get(base + "/readyz", health.readyz)
+    if settings.mode == "broker":
+        add_routes(app, settings)  # before the catch-all: /oauth/* and the AS metadata are answered here
     app.router.add_route("*", "/{tail:.*}", _proxy)
     app.cleanup_ctx.append(_lifecycle)
     return app

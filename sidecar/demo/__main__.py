@@ -1,193 +1,28 @@
-"""``make run``: start an unmodified MCP server (official SDK) behind the sidecar in gate mode and show it.
+"""``make run`` / ``python -m sidecar.demo``: the broker demo (see :mod:`sidecar.demo.broker`).
 
-What runs, all on loopback:
-* the example MCP server (``sidecar.demo.example_server``) on a free port, knowing nothing about tokens;
-* a tiny token issuer in this process: an RSA key, its JWKS at ``/jwks.json``, tokens minted here;
-* ``mcp-auth-sidecar serve`` in gate mode with signature, issuer and audience checks against that JWKS.
-
-Then it calls ``tools/list`` through the sidecar with a valid token and with an expired one, prints the
-results and the ``curl`` commands to repeat them, and keeps running until Ctrl-C.
+``python -m sidecar.demo --gate`` runs the earlier gate-mode demo (:mod:`sidecar.demo.gate`): a local JWKS
+issuer and the sidecar checking signatures, without any login.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-from typing import Any
-
-import aiohttp
-import jwt
-from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-ISSUER_AUDIENCE = "mcp-demo"
-TOOLS_LIST = '{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
-MCP_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "MCP-Protocol-Version": "2025-11-25",
-}
-STARTUP_TIMEOUT_SECONDS = 30.0
 
 
-def free_port(preferred: int | None = None) -> int:
-    if preferred:
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sidecar.demo", description=__doc__)
+    parser.add_argument("--gate", action="store_true", help="run the gate-mode demo instead of the broker demo")
+    args = parser.parse_args(argv)
+    if args.gate:
+        from sidecar.demo import gate
 
+        return asyncio.run(gate.main())
+    from sidecar.demo import broker
 
-class Issuer:
-    """A signing key and its JWKS: stands in for your IdP in the demo."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        jwk.update({"kid": "demo-1", "alg": "RS256", "use": "sig"})
-        self.jwks = {"keys": [jwk]}
-
-    def token(self, lifetime: float, subject: str = "demo-user") -> str:
-        now = time.time()
-        claims = {"iss": self.url, "aud": ISSUER_AUDIENCE, "sub": subject, "iat": int(now), "exp": int(now + lifetime)}
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "demo-1"})
-
-    async def serve(self, port: int) -> web.AppRunner:
-        async def jwks(_: web.Request) -> web.Response:
-            return web.json_response(self.jwks)
-
-        app = web.Application()
-        app.router.add_get("/jwks.json", jwks)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return runner
-
-
-async def wait_http(url: str, proc: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"{name} exited during start-up (code {proc.returncode}); see its output above")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"{name} did not start within {STARTUP_TIMEOUT_SECONDS:g} s")
-
-
-async def call(url: str, token: str) -> tuple[int, str, str]:
-    async with aiohttp.ClientSession() as session, session.post(
-        url, data=TOOLS_LIST, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"}
-    ) as resp:
-        return resp.status, resp.headers.get("WWW-Authenticate", ""), await resp.text()
-
-
-def curl(url: str, token: str) -> str:
-    headers = " ".join(f"-H '{k}: {v}'" for k, v in MCP_HEADERS.items())
-    return f"curl -i {url} {headers} -H 'Authorization: Bearer {token}' -d '{TOOLS_LIST}'"
-
-
-async def main() -> int:
-    mcp_port, sidecar_port, metrics_port, issuer_port = free_port(), free_port(8080), free_port(9090), free_port()
-    public = f"http://127.0.0.1:{sidecar_port}"
-    issuer = Issuer(f"http://127.0.0.1:{issuer_port}")
-    issuer_runner = await issuer.serve(issuer_port)
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        backend = subprocess.Popen([sys.executable, "-m", "sidecar.demo.example_server", "--port", str(mcp_port)])
-        procs.append(backend)
-        env = {
-            **os.environ,
-            "MCP_SIDECAR_JWKS_URL": f"{issuer.url}/jwks.json",
-            "MCP_SIDECAR_ISSUER": issuer.url,
-            "MCP_SIDECAR_AUDIENCE": ISSUER_AUDIENCE,
-            "MCP_SIDECAR_AUTHORIZATION_SERVERS": issuer.url,
-            "MCP_SIDECAR_LOG_FORMAT": os.environ.get("MCP_SIDECAR_LOG_FORMAT", "text"),
-        }
-        sidecar = subprocess.Popen(
-            [
-                sys.executable, "-m", "sidecar", "serve",
-                "--listen", f"127.0.0.1:{sidecar_port}",
-                "--upstream", f"http://127.0.0.1:{mcp_port}",
-                "--public-url", public,
-                "--metrics-listen", f"127.0.0.1:{metrics_port}",
-            ],
-            env=env,
-        )
-        procs.append(sidecar)
-        await wait_http(f"http://127.0.0.1:{mcp_port}/mcp", backend, "the example MCP server")
-        await wait_http(f"{public}/healthz", sidecar, "the sidecar")
-
-        mcp_url = f"{public}/mcp"
-        good, expired = issuer.token(3600), issuer.token(-3600)
-        ok_status, _, ok_body = await call(mcp_url, good)
-        bad_status, bad_challenge, _ = await call(mcp_url, expired)
-        tools = [t["name"] for t in json.loads(ok_body).get("result", {}).get("tools", [])] if ok_status == 200 else []
-        print(
-            f"""
-================================================================================
- mcp-auth-sidecar quickstart (gate mode, signature verification on)
-
- MCP endpoint (give this to an MCP client):  {mcp_url}
- unmodified MCP server behind it:            http://127.0.0.1:{mcp_port}/mcp
- token issuer (JWKS):                        {issuer.url}/jwks.json
- protected-resource metadata:                {public}/.well-known/oauth-protected-resource/mcp
- metrics:                                    http://127.0.0.1:{metrics_port}/metrics
-
- self-check, tools/list through the sidecar:
-   valid token   -> {ok_status} tools={tools}
-   expired token -> {bad_status} WWW-Authenticate: {bad_challenge}
-
- Try it yourself. A token that works (valid for one hour):
-   {curl(mcp_url, good)}
-
- A token that expired an hour ago (401 + WWW-Authenticate, on tools/list itself):
-   {curl(mcp_url, expired)}
-
- Press Ctrl-C to stop.
-================================================================================
-""",
-            flush=True,
-        )
-        if ok_status != 200 or bad_status != 401:
-            print("self-check FAILED: see the log lines above", file=sys.stderr)
-            return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        while not stop.is_set():
-            for proc in procs:
-                if proc.poll() is not None:
-                    print(f"a demo process exited (code {proc.returncode}); stopping", file=sys.stderr)
-                    return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-        return 0
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        await issuer_runner.cleanup()
+    return asyncio.run(broker.main())
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

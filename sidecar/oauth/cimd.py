@@ -1,0 +1,292 @@
+"""OAuth Client ID Metadata Documents (draft-ietf-oauth-client-id-metadata-document; MCP 2025-11-25 and
+2026-07-28: the preferred way for a client to identify itself).
+
+The client id is an ``https`` URL; the authorization server fetches the JSON document at that URL and uses
+it in place of a registration.
+
+* Client identifier URL (draft §3): "MUST have an https scheme", "MUST contain a path component", "MUST NOT
+  contain single-dot or double-dot path segments", "MUST NOT contain a fragment component", "MUST NOT
+  contain a username or password".
+* The document (draft §4): "MUST contain a client_id property whose value MUST match the URL of the
+  document using simple string comparison"; shared-secret authentication is impossible: the document
+  MUST NOT carry ``client_secret``/``client_secret_expires_at`` and its ``token_endpoint_auth_method`` must
+  not be a ``client_secret_*`` method. We accept ``none`` (public clients, PKCE).
+* Fetching (draft §5): only a ``200`` answer counts; redirects are not followed (a redirect could move the
+  fetch to an address the checks below never saw).
+* Caching (draft §5.2): successes only, for the document's ``max-age`` bounded to
+  ``CIMD_MAX_CACHE_SECONDS`` (``CIMD_DEFAULT_CACHE_SECONDS`` without one); failures are never cached, so a
+  fixed document is picked up at once.
+* SSRF (draft §8.6): the host must not resolve to a private, loopback, link-local, multicast or otherwise
+  non-global address unless ``cimd_allow_private_addresses`` is set. The check runs inside the connector's
+  resolver, on the very addresses the connection then uses, so DNS rebinding between check and connect is
+  impossible.
+* Size (draft §8.7): at most ``CIMD_MAX_BYTES`` (5 KB) are read; a larger document is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import socket
+import ssl
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from sidecar.oauth.clients import Client, redirect_uri_problem
+
+log = logging.getLogger("sidecar.oauth.cimd")
+
+# draft §8.7 suggests 5 kilobytes; real documents are a few hundred bytes.
+CIMD_MAX_BYTES: Final = 5 * 1024
+# The fetch runs while a user waits on /authorize (or a client on /token): a few seconds, not the IdP's ten.
+CIMD_FETCH_TIMEOUT_SECONDS: Final = 5.0
+# Without caching headers a document is reused for five minutes: a changed document shows up quickly.
+CIMD_DEFAULT_CACHE_SECONDS: Final = 300.0
+# However long the document asks to be cached, it is refetched after a day (its owner may have changed it).
+CIMD_MAX_CACHE_SECONDS: Final = 86_400.0
+CIMD_CACHE_ENTRIES: Final = 1_000
+MAX_CLIENT_ID_LENGTH: Final = 2_000
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
+
+
+class CimdError(Exception):
+    """The client id URL or its document is unusable. ``reason`` is safe to show and log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def looks_like_metadata_url(client_id: str) -> bool:
+    """Client ids that name a metadata document (everything else is a registration id)."""
+    return client_id.startswith("https://")
+
+
+def client_id_url_problem(client_id: str) -> str | None:
+    """Why ``client_id`` is not a valid client identifier URL (draft §3), or ``None``."""
+    if len(client_id) > MAX_CLIENT_ID_LENGTH:
+        return "the client id URL is too long"
+    try:
+        parts = urlsplit(client_id)
+        _ = parts.port
+    except ValueError:
+        return "the client id is not a valid URL"
+    if parts.scheme != "https":
+        return "a client id URL must use https"
+    if not parts.hostname:
+        return "a client id URL needs a host"
+    if "#" in client_id:
+        return "a client id URL must not contain a fragment"
+    if parts.username is not None or parts.password is not None:
+        return "a client id URL must not contain a username or password"
+    if parts.path in ("", "/"):
+        return "a client id URL must contain a path"
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        return "a client id URL must not contain . or .. path segments"
+    return None
+
+
+def address_allowed(address: str, allow_private: bool) -> bool:
+    """Only globally routable unicast addresses, unless private ones are allowed (tests, development)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_multicast or ip.is_unspecified:
+        return False
+    if allow_private:
+        return True
+    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local)
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default resolver, then refuses the host if any address is not allowed."""
+
+    def __init__(self, allow_private: bool, inner: AbstractResolver | None = None) -> None:
+        self._allow_private = allow_private
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if not address_allowed(result["host"], self._allow_private):
+                raise OSError(f"{host} resolves to an address that is not allowed for client metadata")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _document_ttl(cache_control: str | None) -> float:
+    if cache_control is None:
+        return CIMD_DEFAULT_CACHE_SECONDS
+    lowered = cache_control.lower()
+    if "no-store" in lowered or "no-cache" in lowered:
+        return 0.0
+    match = _MAX_AGE.search(cache_control)
+    if match is None:
+        return CIMD_DEFAULT_CACHE_SECONDS
+    return min(float(match.group(1)), CIMD_MAX_CACHE_SECONDS)
+
+
+def client_from_document(client_id: str, doc: Any) -> Client:
+    """Validate a fetched document (draft §4) and turn it into a :class:`Client`. Raises :class:`CimdError`."""
+    if not isinstance(doc, dict):
+        raise CimdError("the client metadata document is not a JSON object")
+    # draft §4: "the client_id property ... MUST match the URL of the document using simple string comparison"
+    if doc.get("client_id") != client_id:
+        raise CimdError("the client metadata document names another client_id")
+    # draft §4: shared secrets cannot exist for a document anyone can read.
+    if "client_secret" in doc or "client_secret_expires_at" in doc:
+        raise CimdError("a client metadata document must not contain a client secret")
+    method = doc.get("token_endpoint_auth_method", "none")
+    if method != "none":
+        raise CimdError("client metadata documents must use token_endpoint_auth_method 'none' here")
+    application_type = doc.get("application_type", "web")
+    if application_type not in ("web", "native"):
+        raise CimdError("application_type must be 'web' or 'native'")
+    uris = doc.get("redirect_uris")
+    if not isinstance(uris, list) or not uris:
+        raise CimdError("the client metadata document has no redirect_uris")
+    for uri in uris:
+        problem = redirect_uri_problem(uri, application_type)
+        if problem is not None:
+            raise CimdError(f"the client metadata document has an invalid redirect URI: {problem}")
+    grant_types = doc.get("grant_types", ["authorization_code", "refresh_token"])
+    if not isinstance(grant_types, list) or "authorization_code" not in grant_types:
+        raise CimdError("the client metadata document must allow the authorization_code grant")
+    response_types = doc.get("response_types", ["code"])
+    if not isinstance(response_types, list) or "code" not in response_types:
+        raise CimdError("the client metadata document must allow response_type 'code'")
+    name = doc.get("client_name")
+    client_uri = doc.get("client_uri")
+    return Client(
+        client_id=client_id,
+        kind="metadata_document",
+        redirect_uris=tuple(uris),
+        token_endpoint_auth_method="none",
+        grant_types=tuple(g for g in grant_types if g in ("authorization_code", "refresh_token")),
+        application_type=application_type,
+        client_name=name[:200] if isinstance(name, str) and name else None,
+        client_uri=client_uri if isinstance(client_uri, str) else None,
+    )
+
+
+class CimdFetcher:
+    """Fetches, validates and caches client metadata documents. One per app; :meth:`close` on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        allow_private: bool,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = CIMD_FETCH_TIMEOUT_SECONDS,
+        resolver: AbstractResolver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._allow_private = allow_private
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._resolver = resolver
+        self._monotonic = monotonic
+        self._session: aiohttp.ClientSession | None = None
+        self._cache: OrderedDict[str, tuple[Client, float]] = OrderedDict()
+        self._inflight: dict[str, asyncio.Future[Client]] = {}
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=GuardedResolver(self._allow_private, self._resolver),
+                use_dns_cache=False,  # every fetch resolves (and checks) again
+                ssl=self._ssl,
+                limit=20,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,  # no proxy from the environment: the address checks must see the real target
+                timeout=self._timeout,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def forget(self, client_id: str) -> None:
+        self._cache.pop(client_id, None)
+
+    async def get(self, client_id: str) -> Client:
+        """The client described by the document at ``client_id``. Raises :class:`CimdError`."""
+        problem = client_id_url_problem(client_id)
+        if problem is not None:
+            raise CimdError(problem)
+        cached = self._cache.get(client_id)
+        if cached is not None:
+            if self._monotonic() < cached[1]:
+                return cached[0]
+            self._cache.pop(client_id, None)
+        flight = self._inflight.get(client_id)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch(client_id))
+            self._inflight[client_id] = flight
+            flight.add_done_callback(lambda _f: self._inflight.pop(client_id, None))
+        return await asyncio.shield(flight)
+
+    async def _fetch(self, client_id: str) -> Client:
+        host = urlsplit(client_id).hostname or ""
+        literal = _ip_literal(host)
+        # IP literals never reach the resolver: check them here.
+        if literal is not None and not address_allowed(literal, self._allow_private):
+            raise CimdError("the client id URL points at an address that is not allowed")
+        try:
+            async with self._http().get(
+                client_id,
+                allow_redirects=False,  # draft §5: redirects are not followed
+                headers={"Accept": "application/json"},
+            ) as response:
+                if response.status != 200:
+                    raise CimdError(f"fetching the client metadata document answered HTTP {response.status}")
+                body = await response.content.read(CIMD_MAX_BYTES + 1)
+                if len(body) > CIMD_MAX_BYTES:
+                    raise CimdError(f"the client metadata document is larger than {CIMD_MAX_BYTES} bytes")
+                ttl = _document_ttl(response.headers.get("Cache-Control"))
+        except CimdError:
+            raise
+        except TimeoutError as exc:
+            raise CimdError("fetching the client metadata document timed out") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            log.info("client metadata fetch failed: %s", type(exc).__name__)
+            raise CimdError("the client metadata document could not be fetched") from exc
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CimdError("the client metadata document is not JSON") from exc
+        client = client_from_document(client_id, doc)
+        if ttl > 0:
+            self._cache[client_id] = (client, self._monotonic() + ttl)
+            while len(self._cache) > CIMD_CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return client
+
+
+def _ip_literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
