@@ -13,14 +13,20 @@ import aiohttp
 from aiohttp import web
 
 from sidecar.auth import Authenticator, GateAuthenticator
-from sidecar.broker import BrokerAuthenticator, BrokerResolver, ClaimsResolver
+from sidecar.broker import (
+    BrokerAuthenticator,
+    BrokerResolver,
+    ClaimsResolver,
+    IdTokenAuthenticator,
+    IdTokenResolver,
+)
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
 from sidecar.crypto import KeyRing
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
 from sidecar.idp import IdPClient
-from sidecar.inject import BROKER_DEFAULTS, HeaderTemplates
+from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, HeaderTemplates
 from sidecar.jwks import JwksVerifier
 from sidecar.metadata import WELL_KNOWN, ResourceMetadata
 from sidecar.metrics import Metrics
@@ -75,7 +81,9 @@ def backend_session(settings: Settings) -> aiohttp.ClientSession:
 def header_templates(settings: Settings) -> HeaderTemplates:
     if settings.inject_headers is not None:
         return HeaderTemplates(settings.inject_headers)
-    return HeaderTemplates(BROKER_DEFAULTS if settings.mode == "broker" else {})
+    if settings.mode == "gate":
+        return HeaderTemplates({})
+    return HeaderTemplates(ID_TOKEN_DEFAULTS if settings.client_token == "id_token" else BROKER_DEFAULTS)
 
 
 def build_app(
@@ -103,12 +111,13 @@ def build_app(
     prefix = settings.public.raw_path.rstrip("/")
     for base in dict.fromkeys(["", prefix]):
         app.router.add_get(base + WELL_KNOWN, metadata.handle)
-        app.router.add_get(base + WELL_KNOWN + "/{suffix:.*}", metadata.handle)
+        app.router.add_get(base + WELL_KNOWN + "/{suffix:[\\s\\S]*}", metadata.handle)
         app.router.add_get(base + "/healthz", health.healthz)
         app.router.add_get(base + "/readyz", health.readyz)
     if settings.mode == "broker":
         add_routes(app, settings)  # before the catch-all: /oauth/* and the AS metadata are answered here
-    app.router.add_route("*", "/{tail:.*}", _proxy)
+    # [\s\S], not ".": an encoded line break in a path (%0A) is still a path the backend may answer.
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", _proxy)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -156,6 +165,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         resolver = BrokerResolver(
             credentials=app[CREDENTIALS], templates=templates, required_scopes=settings.required_scopes
         )
+        if settings.client_token == "id_token":
+            authenticator = IdTokenAuthenticator(idp=app[IDP], metrics=app[METRICS], leeway=settings.leeway_seconds)
+            resolver = IdTokenResolver(templates)
         app[HEALTH].checks["store"] = _store_check(store)
     else:
         if settings.jwks_url:

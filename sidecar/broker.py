@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sidecar.auth import Identity, reject_for
 from sidecar.challenge import InsufficientScope, InvalidToken, ServiceUnavailable
+from sidecar.idp import IdPUnavailable, IdTokenInvalid, UpstreamIdP
 from sidecar.inject import Context, HeaderTemplates
 from sidecar.metrics import Metrics
 from sidecar.refresh import STORE_RETRY_AFTER_SECONDS, CredentialBroker
 from sidecar.store.base import StoreUnavailable, TokenStore, parse_client_token
-from sidecar.tokens import BearerProblem, Kind, parse_authorization
+from sidecar.tokens import BearerProblem, Kind, inspect, parse_authorization
 
 # Distinct client tokens remembered; evicted oldest-first when full.
 TOKEN_CACHE_ENTRIES = 10_000
@@ -69,6 +71,59 @@ class BrokerAuthenticator:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[token] = _Seen(grant_id, min(now + self._cache_seconds, found.expires_at))
         return Identity(token, Kind.OPAQUE, {}, grant_id)
+
+
+class IdTokenAuthenticator:
+    """``client_token: id_token`` (forward mode, seed 000): the client's bearer *is* the upstream id_token.
+
+    It is verified on every request against the IdP's keys (signature, ``iss``, ``aud`` = our IdP client id,
+    ``exp`` with leeway); verified tokens are remembered until their ``exp``, never longer. An expired one is
+    401, so the client goes back to ``/token``, where a near-expiry id_token is refreshed first.
+    """
+
+    def __init__(self, *, idp: UpstreamIdP, metrics: Metrics, leeway: float) -> None:
+        self._idp = idp
+        self._metrics = metrics
+        self._leeway = leeway
+        self._cache: dict[str, tuple[dict[str, Any], float]] = {}
+
+    async def authenticate(self, authorization: str | None, now: float) -> Identity:
+        token = parse_authorization(authorization)
+        if isinstance(token, BearerProblem):
+            raise reject_for(token)
+        seen = self._cache.get(token)
+        if seen is not None and now < seen[1]:
+            return Identity(token, Kind.JWT, seen[0])
+        if inspect(token).kind is not Kind.JWT:
+            raise InvalidToken("the token is not an ID token issued for this server", reason="malformed")
+        try:
+            claims = await self._idp.verify_id_token(token)
+        except IdTokenInvalid as exc:
+            reason = "expired" if "expired" in str(exc) else "bad_signature"
+            raise InvalidToken(str(exc), reason=reason) from None
+        except IdPUnavailable as exc:
+            raise ServiceUnavailable("the IdP's signing keys cannot be fetched right now", retry_after=5) from exc
+        exp = claims.get("exp")
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            if len(self._cache) >= TOKEN_CACHE_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[token] = (claims, float(exp) + self._leeway)
+        return Identity(token, Kind.JWT, claims)
+
+
+class IdTokenResolver:
+    """Forward mode's headers: templates filled from the verified id_token; ``{upstream.id_token}`` is the
+    bearer itself (there is no upstream access token on this path)."""
+
+    def __init__(self, templates: HeaderTemplates) -> None:
+        self._templates = templates
+
+    async def __call__(self, identity: Identity) -> Mapping[str, str] | None:
+        subject = identity.claims.get("sub")
+        ctx = Context(
+            claims=identity.claims, id_token=identity.token, subject=subject if isinstance(subject, str) else None
+        )
+        return self._templates.render(ctx)
 
 
 class BrokerResolver:

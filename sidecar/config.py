@@ -339,6 +339,8 @@ def _check_http_url(key: str, text: str | None, *, required: bool, allow_path: b
     return []
 
 
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
 _REQUIRED_HINTS = {
     "upstream": "the MCP server's base URL, usually http://127.0.0.1:<port> (--upstream or MCP_SIDECAR_UPSTREAM)",
     "public_url": "the external base URL clients use, for example https://mcp.example.com "
@@ -457,6 +459,15 @@ def semantic_problems(s: Settings, sources: Mapping[str, str] | None = None) -> 
             if getattr(s, key) in (None, ""):
                 add(key, "is required: " + _REQUIRED_HINTS[key])
         out += _check_http_url("idp_issuer", s.idp_issuer, required=False)
+        if s.public_url and not _check_http_url("public_url", s.public_url, required=True):
+            public = URL(s.public_url)
+            if public.scheme == "http" and public.host not in _LOOPBACK_HOSTS:
+                add(
+                    "public_url",
+                    "broker mode needs https (browsers drop the Secure consent cookie over plain http anywhere "
+                    "but on loopback, so no login could finish)",
+                    s.public_url,
+                )
         if s.store == "redis" and s.encryption_keys is None:
             add(
                 "encryption_keys",

@@ -112,7 +112,14 @@ def response_headers(src: CIMultiDictProxy[str], extra: Mapping[str, str] | None
         if name.lower() not in drop:
             out.add(name, value)
     if extra:
-        out.update(extra)
+        for name, value in extra.items():
+            if name.lower() == "vary" and "Vary" in out:
+                # Keep the backend's own Vary (caches depend on it) and add ours.
+                have = {v.strip().lower() for v in ",".join(out.getall("Vary")).split(",")}
+                if value.lower() not in have:
+                    out["Vary"] = ", ".join([*out.getall("Vary"), value])
+                continue
+            out[name] = value
     return out
 
 

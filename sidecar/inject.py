@@ -20,6 +20,13 @@ from sidecar.challenge import BadRequest
 
 _FIELD = re.compile(r"\{([^{}]*)\}")
 
+# Forward mode (client_token: id_token): the verified id_token is what the backend checks.
+ID_TOKEN_DEFAULTS: Mapping[str, str] = {
+    "Authorization": "Bearer {upstream.id_token}",
+    "X-Forwarded-User": "{claims.sub}",
+    "X-Forwarded-Email": "{claims.email}",
+}
+
 BROKER_DEFAULTS: Mapping[str, str] = {
     "Authorization": "Bearer {upstream.access_token}",
     "X-Forwarded-User": "{claims.sub}",

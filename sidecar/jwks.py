@@ -125,6 +125,7 @@ class JwksVerifier:
             raise InvalidToken(f"the token lacks the {exc.claim} claim", reason="bad_claims") from None
         except jwt.InvalidSignatureError:
             raise InvalidToken("the token's signature is invalid", reason="bad_signature") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, TypeError, ValueError):
+            # TypeError/ValueError: the header's alg does not fit the key (an EC alg on an RSA key, say).
             raise InvalidToken("the token cannot be verified", reason="bad_signature") from None
         return claims

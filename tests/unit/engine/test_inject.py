@@ -58,3 +58,4 @@ def test_config_rejects_unknown_placeholders_and_bad_names() -> None:
     assert any("unknown placeholder {upstream.password}" in p for p in problems)
     assert any("not a valid HTTP header name" in p for p in problems)
     assert any("CR or LF" in p for p in problems)
+

@@ -10,48 +10,14 @@ import pytest
 
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.crypto import KeyRing
-from sidecar.idp import IdPRejected, IdPUnavailable, TokenSet
+from sidecar.idp import IdPRejected, IdPUnavailable
 from sidecar.metrics import Metrics
 from sidecar.refresh import CredentialBroker, cache_deadline, needs_refresh, usable
 from sidecar.store.base import UpstreamCredentials
 from sidecar.store.memory import MemoryTokenStore
+from tests.support.fake_idp import ScriptedIdP
 
 NOW = 1_800_000_000.0
-
-
-class ScriptedIdP:
-    """An UpstreamIdP whose refresh answers are scripted; counts calls and can be slow."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.seen_refresh_tokens: list[str] = []
-        self.fail: Exception | None = None
-        self.delay = 0.0
-        self.rotate = True
-        self.lifetime = 3600
-
-    async def refresh(self, refresh_token: str, *, scope: str | None = None) -> TokenSet:
-        self.calls += 1
-        self.seen_refresh_tokens.append(refresh_token)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail is not None:
-            raise self.fail
-        n = self.calls
-        return TokenSet(
-            access_token=f"up-at-{n}",
-            token_type="Bearer",
-            expires_in=self.lifetime,
-            expires_at=time.time() + self.lifetime,
-            expires_in_source="response",
-            refresh_token=f"up-rt-{n}" if self.rotate else None,
-        )
-
-    async def exchange_code(self, code: str, redirect_uri: str, code_verifier: str | None) -> TokenSet:
-        raise NotImplementedError
-
-    async def verify_id_token(self, id_token: str, nonce: str | None = None) -> dict[str, Any]:
-        return {"sub": "u1", "exp": time.time() + 3600}
 
 
 def creds(access_exp: float | None, *, refresh: str | None = "up-rt-0", access: str | None = "up-at-0"):
