@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -63,6 +64,7 @@ class Settings(BaseModel):
     audience: list[str] = Field(default_factory=list)
     required_scopes: list[str] = Field(default_factory=list)
     allowed_origins: list[str] = Field(default_factory=list)
+    trusted_proxies: list[str] = Field(default_factory=list)
     backend_connect_timeout_seconds: float = Field(5, gt=0, le=600)
     backend_timeout_seconds: float = Field(30, gt=0, le=86400)
     token_cache_seconds: float = Field(2, ge=0, le=60)
@@ -106,6 +108,7 @@ class Settings(BaseModel):
         "audience",
         "required_scopes",
         "allowed_origins",
+        "trusted_proxies",
         "redis_sentinels",
         "redis_cluster_nodes",
         "idp_scopes",
@@ -393,6 +396,11 @@ def semantic_problems(s: Settings, sources: Mapping[str, str] | None = None) -> 
             out += _check_http_url("allowed_origins", origin, required=False, allow_path=False)
         else:
             add("allowed_origins", "'*' is not allowed: list the browser origins explicitly", origin)
+    for cidr in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            add("trusted_proxies", "each entry must be an IP address or CIDR block, e.g. 10.0.0.0/8", cidr)
     for server in s.authorization_servers:
         out += _check_http_url("authorization_servers", server, required=False)
     out += _check_http_url("jwks_url", s.jwks_url, required=False)

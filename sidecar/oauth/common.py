@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
+from sidecar.app import SETTINGS
 from sidecar.config import Settings
 from sidecar.providers import OFFLINE_ACCESS_SCOPE
 
@@ -173,8 +176,31 @@ def parse_form(body: bytes) -> dict[str, list[str]]:
 
 
 def client_address(request: web.Request) -> str:
-    """The peer address. Forwarded headers are not trusted: rate limits key on who actually connected."""
-    return request.remote or "unknown"
+    """The address rate limits key on: the peer, or, when the peer is a trusted proxy (``trusted_proxies``),
+    the right-most ``X-Forwarded-For`` entry that is not itself a trusted proxy. Entries further left were
+    written by the client and are never believed."""
+    peer = request.remote or "unknown"
+    trusted = _networks(tuple(request.app[SETTINGS].trusted_proxies))
+    if not trusted or not _in(peer, trusted):
+        return peer
+    chain = [a.strip() for v in request.headers.getall("X-Forwarded-For", ()) for a in v.split(",") if a.strip()]
+    for address in reversed(chain):
+        if not _in(address, trusted):
+            return address
+    return peer
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _in(address: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 def secure_equal(a: str, b: str) -> bool:

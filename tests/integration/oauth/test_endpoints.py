@@ -452,6 +452,29 @@ async def test_rate_limits(idp_front: IdPFront, store: MemoryTokenStore, http: a
             assert got[-1] == 429, (path, got)
 
 
+async def test_rate_limits_behind_a_trusted_proxy_key_on_the_forwarded_client(
+    idp_front: IdPFront, store: MemoryTokenStore, http: aiohttp.ClientSession
+) -> None:
+    async def register(xff: str) -> int:
+        body = {"redirect_uris": [DEFAULT_REDIRECT_URI]}
+        async with http.post(sc.url + "/oauth/register", json=body, headers={"X-Forwarded-For": xff}) as r:
+            return r.status
+
+    # The test client connects from 127.0.0.1: as a trusted proxy, its X-Forwarded-For names the user.
+    async with running_sidecar(
+        idp_front, store=store, rate_limit_per_minute=1, trusted_proxies=["127.0.0.0/8"]
+    ) as sc:
+        assert await register("198.51.100.7") == 201
+        assert await register("198.51.100.8") == 201  # another user behind the same ingress: own budget
+        assert await register("198.51.100.7") == 429
+        # a client-written entry left of the proxy's cannot buy a fresh budget
+        assert await register("203.0.113.1, 198.51.100.7") == 429
+    # Without trusted_proxies the header is ignored: every request is the peer's.
+    async with running_sidecar(idp_front, store=store, rate_limit_per_minute=1) as sc:
+        assert await register("198.51.100.9") == 201
+        assert await register("198.51.100.10") == 429
+
+
 async def test_public_url_with_a_path(idp_front: IdPFront, store: MemoryTokenStore,
                                       http: aiohttp.ClientSession) -> None:
     async with running_sidecar(idp_front, store=store, public_path="/team") as sc:
