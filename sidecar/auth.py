@@ -24,8 +24,11 @@ from sidecar.tokens import (
     time_problem,
 )
 
-# Distinct tokens remembered; one entry is a few hundred bytes. Evicted oldest-first when full.
+# Distinct tokens remembered, evicted oldest-first when full. Only well-formed JWTs of at most
+# CACHEABLE_TOKEN_BYTES are kept (real ones are 1-2 KB), so anonymous clients sending 16 KB garbage cannot grow
+# the cache past ~40 MB; the rest are simply inspected again (a few microseconds).
 TOKEN_CACHE_ENTRIES = 10_000
+CACHEABLE_TOKEN_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class GateAuthenticator:
         if result.kind is Kind.JWT and self._verifier is not None:
             claims = await self._verifier.verify(token, result.header)
             result = Inspected(Kind.JWT, claims, result.header, result.exp, result.nbf)
-        if result.kind is not Kind.OPAQUE:  # opaque tokens share one constant: nothing to remember
+        if result.kind is Kind.JWT and len(token) <= CACHEABLE_TOKEN_BYTES:
             if len(self._cache) >= TOKEN_CACHE_ENTRIES:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[token] = result

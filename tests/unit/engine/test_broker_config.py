@@ -32,3 +32,4 @@ def test_broker_mode_needs_https_public_url_except_on_loopback(public_url: str, 
             load_settings(None, {}, flags)
         assert [p.key for p in err.value.problems] == ["public_url"]
         assert "https" in err.value.problems[0].message
+
