@@ -46,9 +46,11 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	@$(PY) -m pip install --quiet -e '.[test,demo,bench]'
 	$(PY) -m bench
 
 bench-quick: $(STAMP)
+	@$(PY) -m pip install --quiet -e '.[test,demo,bench]'
 	$(PY) -m bench --quick
 
 clean:
