@@ -7,12 +7,14 @@ module-global, so several apps (tests, workers) coexist in one interpreter.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
 
 from sidecar.auth import Authenticator, GateAuthenticator
+from sidecar.backend import BackendPool
 from sidecar.broker import (
     BrokerAuthenticator,
     BrokerResolver,
@@ -47,34 +49,24 @@ BROKER_AUTH = web.AppKey("broker_auth", BrokerAuthenticator)
 IDP = web.AppKey("idp", IdPClient)
 METADATA = web.AppKey("metadata", ResourceMetadata)
 
-# Backend keep-alive connections are dropped after this idle time: below uvicorn's 5 s default, so the
-# sidecar never reuses a connection the backend is closing at the same moment (a spurious 502).
-BACKEND_KEEPALIVE_SECONDS = 4.0
-# aiohttp adds these when absent; a transparent proxy must not (an added Accept-Encoding would make the
-# backend compress a body for a client that never asked for it).
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept-Encoding", "Accept", "Content-Type")
-
-
-def backend_session(settings: Settings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(
-        limit=0,  # SSE streams hold connections for hours; a pool cap would stall unrelated requests
-        keepalive_timeout=BACKEND_KEEPALIVE_SECONDS,
-        enable_cleanup_closed=False,
-        ttl_dns_cache=10,
-    )
+def outbound_session(settings: Settings) -> aiohttp.ClientSession:
+    """The session for the sidecar's own calls (IdP, JWKS, client metadata documents): never the relay's."""
     return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),  # cookies pass through; the proxy keeps none
-        auto_decompress=False,  # bodies pass as the backend encoded them
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            connect=settings.backend_connect_timeout_seconds,
-            sock_connect=settings.backend_connect_timeout_seconds,
-            sock_read=None,  # never a read timeout on bodies: SSE streams idle between keep-alives
-        ),
+        cookie_jar=aiohttp.DummyCookieJar(),  # the sidecar keeps no cookies of other parties
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.backend_connect_timeout_seconds),
         trust_env=False,
         raise_for_status=False,
+    )
+
+
+def backend_pool(settings: Settings) -> BackendPool:
+    upstream = settings.upstream_url
+    tls = ssl.create_default_context() if upstream.scheme == "https" else None
+    return BackendPool(
+        upstream.host or "127.0.0.1",
+        upstream.port or (443 if tls else 80),
+        connect_timeout=settings.backend_connect_timeout_seconds,
+        tls=tls,
     )
 
 
@@ -128,8 +120,9 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    session = backend_session(settings)
+    session = outbound_session(settings)
     app[SESSION] = session
+    pool = backend_pool(settings)
     verifier = None
     templates = header_templates(settings)
     authenticator: Authenticator
@@ -190,7 +183,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         forward_authorization=settings.forward_client_token_effective,
     )
     app[PROXY] = Proxy(
-        session=session,
+        pool=pool,
         upstream=upstream,
         authenticator=authenticator,
         header_policy=policy,
@@ -215,6 +208,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         health.ready = False
+        await pool.close()
         await session.close()
         if owned_store:
             await app[STORE].close()

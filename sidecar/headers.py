@@ -30,8 +30,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# Set by the sidecar itself on the way to the backend; client copies are replaced, not trusted.
-_REWRITTEN = frozenset({"host", "origin", "x-forwarded-proto", "x-forwarded-host"})
+# Set by the sidecar itself on the way to the backend; client copies are replaced, not trusted. Message
+# framing (Content-Length, Expect) belongs to the connection that carries the body, so it is set anew too.
+_REWRITTEN = frozenset({"host", "origin", "x-forwarded-proto", "x-forwarded-host", "content-length", "expect"})
 
 
 def normalize(name: str) -> str:
@@ -104,13 +105,22 @@ class RequestHeaderPolicy:
         return out
 
 
-def response_headers(src: CIMultiDictProxy[str], extra: Mapping[str, str] | None = None) -> CIMultiDict[str]:
+def response_headers(
+    src: Iterable[tuple[str, str]], extra: Mapping[str, str] | None = None
+) -> CIMultiDict[str]:
     """The backend's response headers minus hop-by-hop ones; repeated headers (Set-Cookie) stay separate."""
-    drop = HOP_BY_HOP | _connection_options(src)
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in src.items():
-        if name.lower() not in drop:
-            out.add(name, value)
+    connection: list[str] = []
+    for name, value in src:
+        key = name.lower()
+        if key in HOP_BY_HOP:
+            if key == "connection":
+                connection.append(value)
+            continue
+        out.add(name, value)
+    if connection:
+        for option in {normalize(t.strip()) for v in connection for t in v.split(",") if t.strip()}:
+            out.popall(option, None)
     if extra:
         for name, value in extra.items():
             if name.lower() == "vary" and "Vary" in out:

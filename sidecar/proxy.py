@@ -16,11 +16,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from sidecar.auth import Authenticator, Identity
+from sidecar.backend import (
+    BackendConnectError,
+    BackendConnectTimeout,
+    BackendDisconnected,
+    BackendError,
+    BackendPool,
+    BackendProtocolError,
+    BackendResponse,
+    Body,
+)
 from sidecar.challenge import (
     AuthProblem,
     BadGateway,
@@ -44,16 +53,16 @@ ResourceMetadataFor = Callable[[str], str]
 
 
 def _translate(exc: BaseException, headers_timeout: float) -> HTTPProblem:
-    """aiohttp's exceptions become the answers MCP clients act on, in this one place."""
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    """Backend failures become the answers MCP clients act on, in this one place."""
+    if isinstance(exc, BackendConnectTimeout):
         return GatewayTimeout("the MCP server did not accept the connection in time")
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"the MCP server did not answer within {headers_timeout:g} s")
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, BackendConnectError):
         return BadGateway("the MCP server is not reachable (connection refused or failed)")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+    if isinstance(exc, BackendDisconnected):
         return BadGateway("the MCP server closed the connection before answering")
-    if isinstance(exc, aiohttp.ClientResponseError):
+    if isinstance(exc, BackendProtocolError):
         return BadGateway("the MCP server sent an invalid HTTP response")
     return BadGateway("the MCP server connection failed")
 
@@ -68,7 +77,7 @@ class Proxy:
     def __init__(
         self,
         *,
-        session: aiohttp.ClientSession,
+        pool: BackendPool,
         upstream: URL,
         authenticator: Authenticator,
         header_policy: RequestHeaderPolicy,
@@ -79,10 +88,7 @@ class Proxy:
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._session = session
-        self._scheme = upstream.scheme
-        self._host = upstream.raw_host or ""
-        self._port = upstream.port
+        self._pool = pool
         self._base_path = upstream.raw_path.rstrip("/")
         self._auth = authenticator
         self._headers = header_policy
@@ -92,18 +98,6 @@ class Proxy:
         self._headers_timeout = headers_timeout
         self._resolver = resolver
         self._clock = clock
-
-    def _backend_url(self, raw_path: str) -> URL:
-        path, _, query = raw_path.partition("?")
-        # encoded=True: the path and query reach the backend byte for byte, never re-quoted or normalized.
-        return URL.build(
-            scheme=self._scheme,
-            host=self._host,
-            port=self._port,
-            path=self._base_path + path,
-            query_string=query,
-            encoded=True,
-        )
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -150,25 +144,26 @@ class Proxy:
         started: float,
     ) -> web.StreamResponse:
         headers = self._headers.build(request.headers, remote=request.remote, inject=inject)
-        data: bytes | aiohttp.StreamReader | None
+        data: Body
+        length = request.content_length
         if not request.body_exists:
             data = None
-        elif request.content_length is not None and request.content_length <= SMALL_BODY_BYTES:
+        elif length is not None and length <= SMALL_BODY_BYTES:
             data = await request.read()
         else:
-            data = request.content
+            data = request.content.iter_any().__aiter__()
         raw = request.raw_path
         if not raw.startswith("/"):
             # absolute-form (RFC 9112 §3.2.2) or asterisk-form target: the backend gets origin-form, path and
             # query still exactly as sent.
             raw = request.rel_url.raw_path_qs
-        url = self._backend_url(raw)
         try:
             async with asyncio.timeout(self._headers_timeout):
-                backend = await self._session.request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False
+                # The path and query reach the backend byte for byte, never re-quoted or normalized.
+                backend = await self._pool.request(
+                    request.method, self._base_path + raw, headers.items(), data, content_length=length
                 )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (BackendError, TimeoutError) as exc:
             problem = _translate(exc, self._headers_timeout)
             self._metrics.backend_errors.labels(_error_kind(problem)).inc()
             log.warning("backend request failed: %s", problem.description, extra={"error": type(exc).__name__})
@@ -178,7 +173,7 @@ class Proxy:
         finally:
             # A body we did not finish (client gone, handler cancelled) must close the backend connection,
             # so the backend sees the cancellation; a finished one goes back to the keep-alive pool.
-            if backend.content.at_eof():
+            if backend.at_eof:
                 backend.release()
             else:
                 backend.close()
@@ -186,7 +181,7 @@ class Proxy:
     async def _respond(
         self,
         request: web.Request,
-        backend: aiohttp.ClientResponse,
+        backend: BackendResponse,
         cors_headers: Mapping[str, str] | None,
         started: float,
     ) -> web.StreamResponse:
@@ -196,7 +191,7 @@ class Proxy:
         if request.method == "HEAD" or status in (204, 304) or (length is not None and length <= SMALL_BODY_BYTES):
             try:
                 body = await backend.read() if request.method != "HEAD" else b""
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except BackendError as exc:
                 problem = _translate(exc, self._headers_timeout)
                 self._metrics.backend_errors.labels("broken_body").inc()
                 raise problem from None
@@ -212,9 +207,9 @@ class Proxy:
         self._finish(out, started)
         self._metrics.open_streams.inc()
         try:
-            async for chunk in backend.content.iter_any():
+            async for chunk in backend.iter_chunks():
                 await out.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except BackendError as exc:
             # Headers are gone already: the only honest signal left is a truncated stream.
             self._metrics.backend_errors.labels("broken_stream").inc()
             log.warning("backend stream broke", extra={"error": type(exc).__name__})
