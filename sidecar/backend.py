@@ -112,7 +112,7 @@ class _Exchange(asyncio.Protocol):
         if not self.complete:
             self._fail(BackendDisconnected("the backend closed the connection"))
         if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_exception(BackendDisconnected("the backend closed the connection"))
+            self._drain_waiter.set_exception(self.error or BackendDisconnected("the backend closed the connection"))
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -170,6 +170,11 @@ class _Exchange(asyncio.Protocol):
         waiter = self._chunk_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def headers_overdue(self, timeout: float) -> None:
+        """Timer callback: the response headers did not arrive in time."""
+        if not self.headers_done.done():
+            self._fail(TimeoutError(f"no response headers within {timeout:g} s"))
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
@@ -328,27 +333,33 @@ class BackendPool:
         body: Body,
         *,
         content_length: int | None,
+        headers_timeout: float,
     ) -> BackendResponse:
-        """Send one request; return when the response headers arrived. The caller bounds the wait."""
+        """Send one request; return when the response headers arrived, or raise :class:`TimeoutError` when
+        they did not within ``headers_timeout`` seconds of sending (bodies themselves have no timeout)."""
         head = _serialize_head(method, target, headers, body, content_length)
         replayable = not isinstance(body, AsyncIterator)
         exchange = self._take_idle()
         if exchange is None:
             exchange = await self._connect()
         try:
-            return await self._exchange(exchange, method, head, body)
+            return await self._exchange(exchange, method, head, body, headers_timeout)
         except BackendDisconnected:
             if not (exchange.reused and not exchange.got_bytes and replayable):
                 raise
         # RFC 9112 §9.3.1 allows retrying when the connection closed before any response: the backend had
         # closed this idle connection as the request went out, so it never processed it. Once, fresh.
-        return await self._exchange(await self._connect(), method, head, body)
+        return await self._exchange(await self._connect(), method, head, body, headers_timeout)
 
-    async def _exchange(self, x: _Exchange, method: str, head: bytes, body: Body) -> BackendResponse:
+    async def _exchange(
+        self, x: _Exchange, method: str, head: bytes, body: Body, headers_timeout: float
+    ) -> BackendResponse:
         x._reset()
         x.head_only = method == "HEAD"
         transport = x.transport
         assert transport is not None
+        # One timer handle instead of an asyncio.timeout context per request: cheaper on the hot path.
+        timer = x._loop.call_later(headers_timeout, x.headers_overdue, headers_timeout)
         try:
             if body is None:
                 transport.write(head)
@@ -376,6 +387,8 @@ class BackendPool:
         except BaseException:
             x.close()
             raise
+        finally:
+            timer.cancel()
         return BackendResponse(x)
 
     async def close(self) -> None:

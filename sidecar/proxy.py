@@ -11,7 +11,6 @@ a read timeout on a response body (SSE streams may idle for hours between ``:`` 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -158,11 +157,15 @@ class Proxy:
             # query still exactly as sent.
             raw = request.rel_url.raw_path_qs
         try:
-            async with asyncio.timeout(self._headers_timeout):
-                # The path and query reach the backend byte for byte, never re-quoted or normalized.
-                backend = await self._pool.request(
-                    request.method, self._base_path + raw, headers.items(), data, content_length=length
-                )
+            # The path and query reach the backend byte for byte, never re-quoted or normalized.
+            backend = await self._pool.request(
+                request.method,
+                self._base_path + raw,
+                headers.items(),
+                data,
+                content_length=length,
+                headers_timeout=self._headers_timeout,
+            )
         except (BackendError, TimeoutError) as exc:
             problem = _translate(exc, self._headers_timeout)
             self._metrics.backend_errors.labels(_error_kind(problem)).inc()

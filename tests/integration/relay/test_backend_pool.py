@@ -1,0 +1,204 @@
+"""The relay's HTTP/1.1 pool (sidecar/backend.py) against raw loopback servers that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from sidecar.backend import (
+    READ_HIGH_WATER,
+    BackendDisconnected,
+    BackendPool,
+    BackendProtocolError,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
+
+
+class Server:
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer, self)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = b""
+        lower = head.lower()
+        if b"content-length:" in lower:
+            n = int(lower.split(b"content-length:")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(n)
+        elif b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        self.requests.append(head + body)
+        return head + body
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[Server, BackendPool]]]]:
+    servers: list[Server] = []
+    pools: list[BackendPool] = []
+
+    async def start(handler: Handler) -> tuple[Server, BackendPool]:
+        s = Server(handler)
+        s.server = await asyncio.start_server(s._serve, "127.0.0.1", 0)
+        s.port = s.server.sockets[0].getsockname()[1]
+        servers.append(s)
+        pool = BackendPool("127.0.0.1", s.port, connect_timeout=2)
+        pools.append(pool)
+        return s, pool
+
+    yield start
+    for p in pools:
+        await p.close()
+    for s in servers:
+        assert s.server is not None
+        s.server.close()
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def get(pool: BackendPool, method: str = "GET", body: bytes | None = None, **kw: object) -> tuple[int, bytes]:
+    resp = await pool.request(method, "/mcp", [("Host", "x")], body, content_length=None, headers_timeout=2, **kw)  # type: ignore[arg-type]
+    data = await resp.read()
+    resp.release()
+    return resp.status, data
+
+
+async def test_keep_alive_connections_are_reused(serve) -> None:
+    async def handler(r, w, s):
+        while True:
+            await s.read_request(r)
+            w.write(OK)
+
+    server, pool = await serve(handler)
+    for _ in range(5):
+        assert await get(pool) == (200, b"ok")
+    assert server.connections == 1
+
+
+async def closes_on_second_request(r, w, s) -> None:
+    """Answers a connection's first request; drops the connection on its second without answering, as a
+    backend whose idle timeout fired just as the request went out does."""
+    await s.read_request(r)
+    w.write(OK)
+    await w.drain()
+    await r.readuntil(b"\r\n\r\n")
+
+
+async def test_reused_connection_dropped_before_any_response_is_retried_once_fresh(serve) -> None:
+    server, pool = await serve(closes_on_second_request)
+    assert await get(pool) == (200, b"ok")
+    assert await get(pool, "POST", b'{"jsonrpc":"2.0"}') == (200, b"ok")
+    assert server.connections == 2
+    assert len(server.requests) == 2  # the dropped attempt was never processed; the retry was, once
+
+
+async def test_a_streamed_body_is_not_replayed(serve) -> None:
+    server, pool = await serve(closes_on_second_request)
+    assert await get(pool) == (200, b"ok")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"part"
+
+    with pytest.raises(BackendDisconnected):
+        await pool.request(
+            "POST", "/mcp", [("Host", "x")], body().__aiter__(), content_length=None, headers_timeout=2
+        )
+    assert server.connections == 1
+
+
+async def test_head_response_has_no_body_whatever_its_length(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        await asyncio.sleep(5)
+
+    _, pool = await serve(handler)
+    status, data = await asyncio.wait_for(get(pool, "HEAD"), 2)
+    assert (status, data) == (200, b"")
+
+
+async def test_interim_100_continue_is_skipped(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        w.write(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+
+    _, pool = await serve(handler)
+    assert await get(pool, "POST", b"x") == (200, b"ok")
+
+
+async def test_unsized_body_is_sent_chunked_and_arrives_whole(serve) -> None:
+    async def handler(r, w, s):
+        req = await s.read_request(r)
+        body = req.split(b"\r\n\r\n", 1)[1]
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    _, pool = await serve(handler)
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield b"%04d," % i
+
+    resp = await pool.request(
+        "POST", "/mcp", [("Host", "x")], body().__aiter__(), content_length=None, headers_timeout=2
+    )
+    assert await resp.read() == b"".join(b"%04d," % i for i in range(50))
+    resp.release()
+
+
+async def test_slow_consumer_pauses_reading_instead_of_buffering_everything(serve) -> None:
+    total = 8 * READ_HIGH_WATER
+
+    async def handler(r, w, s):
+        await s.read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        for _ in range(total // 65536):
+            w.write(b"x" * 65536)
+            await w.drain()
+
+    _, pool = await serve(handler)
+    resp = await pool.request("GET", "/big", [("Host", "x")], None, content_length=None, headers_timeout=2)
+    await asyncio.sleep(0.5)  # the backend writes as fast as it can; we read nothing
+    assert resp._x.buffered <= READ_HIGH_WATER + 65536 * 2  # bounded by the high-water mark, not the body
+    assert len(await resp.read()) == total
+    resp.release()
+
+
+async def test_headers_timeout_raises_and_closes(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        await asyncio.sleep(5)
+
+    _, pool = await serve(handler)
+    with pytest.raises(TimeoutError):
+        await pool.request("GET", "/mcp", [("Host", "x")], None, content_length=None, headers_timeout=0.3)
+
+
+async def test_garbage_is_a_protocol_error(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        w.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+
+    _, pool = await serve(handler)
+    with pytest.raises(BackendProtocolError):
+        await get(pool)
