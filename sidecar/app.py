@@ -9,32 +9,29 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from sidecar.auth import Authenticator, GateAuthenticator
 from sidecar.backend import BackendPool
-from sidecar.broker import (
-    BrokerAuthenticator,
-    BrokerResolver,
-    ClaimsResolver,
-    IdTokenAuthenticator,
-    IdTokenResolver,
-)
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
-from sidecar.crypto import KeyRing
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
-from sidecar.idp import IdPClient
-from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, HeaderTemplates
-from sidecar.jwks import JwksVerifier
+from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, ClaimsResolver, HeaderTemplates
 from sidecar.metadata import WELL_KNOWN, ResourceMetadata
 from sidecar.metrics import Metrics
 from sidecar.proxy import Proxy, Resolver
-from sidecar.refresh import CredentialBroker
-from sidecar.store.base import StoreUnavailable, TokenStore
+
+if TYPE_CHECKING:
+    # Broker and signature-verification modules pull in cryptography and PyJWT (~9 MB per worker); a gate
+    # without jwks_url never needs them, so they are imported where they are used.
+    from sidecar.broker import BrokerAuthenticator
+    from sidecar.idp import IdPClient
+    from sidecar.refresh import CredentialBroker
+    from sidecar.store.base import TokenStore
 
 log = logging.getLogger("sidecar.app")
 
@@ -43,10 +40,10 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 HEALTH = web.AppKey("health", Health)
 PROXY = web.AppKey("proxy", Proxy)
-STORE = web.AppKey("store", TokenStore)
-CREDENTIALS = web.AppKey("credentials", CredentialBroker)
-BROKER_AUTH = web.AppKey("broker_auth", BrokerAuthenticator)
-IDP = web.AppKey("idp", IdPClient)
+STORE: web.AppKey[TokenStore] = web.AppKey("store")
+CREDENTIALS: web.AppKey[CredentialBroker] = web.AppKey("credentials")
+BROKER_AUTH: web.AppKey[BrokerAuthenticator] = web.AppKey("broker_auth")
+IDP: web.AppKey[IdPClient] = web.AppKey("idp")
 METADATA = web.AppKey("metadata", ResourceMetadata)
 
 def outbound_session(settings: Settings) -> aiohttp.ClientSession:
@@ -129,6 +126,11 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     resolver: Resolver | None = None
     owned_store = False
     if settings.mode == "broker":
+        from sidecar.broker import BrokerAuthenticator, BrokerResolver, IdTokenAuthenticator, IdTokenResolver
+        from sidecar.crypto import KeyRing
+        from sidecar.idp import IdPClient
+        from sidecar.refresh import CredentialBroker
+
         if STORE not in app:
             if settings.encryption_keys is not None:
                 keyring = KeyRing.from_setting(settings.encryption_keys)
@@ -164,6 +166,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[HEALTH].checks["store"] = _store_check(store)
     else:
         if settings.jwks_url:
+            from sidecar.jwks import JwksVerifier
+
             verifier = JwksVerifier(session, settings.jwks_url, issuer=settings.issuer, audience=settings.audience)
         authenticator = GateAuthenticator(
             leeway=settings.leeway_seconds,
@@ -215,6 +219,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def _store_check(store: TokenStore) -> Callable[[], Awaitable[str | None]]:
+    from sidecar.store.base import StoreUnavailable
+
     async def check() -> str | None:
         try:
             await store.ping()

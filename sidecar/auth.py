@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sidecar.challenge import HeaderTooLarge, InsufficientScope, InvalidToken, MissingToken
-from sidecar.jwks import JwksVerifier
 from sidecar.tokens import (
     OPAQUE,
     BearerProblem,
@@ -23,6 +22,9 @@ from sidecar.tokens import (
     parse_authorization,
     time_problem,
 )
+
+if TYPE_CHECKING:
+    from sidecar.jwks import JwksVerifier  # PyJWT and cryptography: only when jwks_url is set
 
 # Distinct tokens remembered, evicted oldest-first when full. Only well-formed JWTs of at most
 # CACHEABLE_TOKEN_BYTES are kept (real ones are 1-2 KB), so anonymous clients sending 16 KB garbage cannot grow

@@ -152,13 +152,3 @@ class BrokerResolver:
             subject=grant.subject,
         )
         return self._templates.render(ctx)
-
-
-class ClaimsResolver:
-    """Gate mode with ``inject_headers``: templates filled from the client token's own claims."""
-
-    def __init__(self, templates: HeaderTemplates) -> None:
-        self._templates = templates
-
-    async def __call__(self, identity: Identity) -> Mapping[str, str] | None:
-        return self._templates.render(Context(claims=identity.claims))

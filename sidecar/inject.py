@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.challenge import BadRequest
+
+if TYPE_CHECKING:
+    from sidecar.auth import Identity
 
 _FIELD = re.compile(r"\{([^{}]*)\}")
 
@@ -117,3 +120,13 @@ class HeaderTemplates:
                 raise BadRequest(f"the value for the {name} header would contain a line break; refusing to send it")
             out[name] = value
         return out
+
+
+class ClaimsResolver:
+    """Gate mode with ``inject_headers``: templates filled from the client token's own claims."""
+
+    def __init__(self, templates: HeaderTemplates) -> None:
+        self._templates = templates
+
+    async def __call__(self, identity: Identity) -> Mapping[str, str] | None:
+        return self._templates.render(Context(claims=identity.claims))
