@@ -15,11 +15,9 @@ The upstream IdP's redirect URI is ``<public_url>/oauth/callback``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +31,15 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 
-from sidecar.demo.gate import MCP_HEADERS, TOOLS_LIST, free_port, wait_http
+from sidecar.demo.processes import (
+    MCP_HEADERS,
+    TOOLS_LIST,
+    free_port,
+    run_until_stopped,
+    stop,
+    stop_on_signals,
+    wait_http,
+)
 from sidecar.oauth.common import s256
 
 DEMO_CLIENT_ID = "mcp-auth-sidecar-demo"
@@ -142,6 +148,7 @@ async def self_check(public: str, idp: str) -> SelfCheck:
 
 
 async def main() -> int:
+    stopping = stop_on_signals()
     mcp_port, sidecar_port, metrics_port, idp_port = free_port(), free_port(8080), free_port(9090), free_port()
     public = f"http://127.0.0.1:{sidecar_port}"
     procs: list[subprocess.Popen[bytes]] = []
@@ -205,28 +212,6 @@ async def main() -> int:
             if check.status != 200 or check.unauthenticated_status != 401:
                 print("self-check FAILED: see the log lines above", file=sys.stderr)
                 return 1
-            return await _wait(procs)
+            return await run_until_stopped(procs, stopping)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-
-
-async def _wait(procs: list[subprocess.Popen[bytes]]) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    while not stop.is_set():
-        for proc in procs:
-            if proc.poll() is not None:
-                print(f"a demo process exited (code {proc.returncode}); stopping", file=sys.stderr)
-                return 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-    return 0
+            stop(procs)

@@ -11,12 +11,8 @@ results and the ``curl`` commands to repeat them, and keeps running until Ctrl-C
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,24 +23,17 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sidecar.demo.processes import (
+    MCP_HEADERS,
+    TOOLS_LIST,
+    free_port,
+    run_until_stopped,
+    stop,
+    stop_on_signals,
+    wait_http,
+)
+
 ISSUER_AUDIENCE = "mcp-demo"
-TOOLS_LIST = '{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
-MCP_HEADERS = {
-    "Content-Type": "application/json",
-    "Accept": "application/json, text/event-stream",
-    "MCP-Protocol-Version": "2025-11-25",
-}
-STARTUP_TIMEOUT_SECONDS = 30.0
-
-
-def free_port(preferred: int | None = None) -> int:
-    if preferred:
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Issuer:
@@ -74,20 +63,6 @@ class Issuer:
         return runner
 
 
-async def wait_http(url: str, proc: subprocess.Popen[bytes], name: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"{name} exited during start-up (code {proc.returncode}); see its output above")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"{name} did not start within {STARTUP_TIMEOUT_SECONDS:g} s")
-
-
 async def call(url: str, token: str) -> tuple[int, str, str]:
     async with aiohttp.ClientSession() as session, session.post(
         url, data=TOOLS_LIST, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"}
@@ -101,6 +76,7 @@ def curl(url: str, token: str) -> str:
 
 
 async def main() -> int:
+    stopping = stop_on_signals()
     mcp_port, sidecar_port, metrics_port, issuer_port = free_port(), free_port(8080), free_port(9090), free_port()
     public = f"http://127.0.0.1:{sidecar_port}"
     issuer = Issuer(f"http://127.0.0.1:{issuer_port}")
@@ -165,26 +141,8 @@ async def main() -> int:
         if ok_status != 200 or bad_status != 401:
             print("self-check FAILED: see the log lines above", file=sys.stderr)
             return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        while not stop.is_set():
-            for proc in procs:
-                if proc.poll() is not None:
-                    print(f"a demo process exited (code {proc.returncode}); stopping", file=sys.stderr)
-                    return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
-        return 0
+        return await run_until_stopped(procs, stopping)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         await issuer_runner.cleanup()
 
