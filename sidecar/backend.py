@@ -195,8 +195,11 @@ class _Exchange(asyncio.Protocol):
         """The next body chunk, or None at the end of the body. Raises if the body broke off."""
         while True:
             if self.chunks:
-                chunk = self.chunks.popleft()
-                self.buffered -= len(chunk)
+                # Everything that arrived since the last read goes out as one write (as aiohttp's iter_any
+                # does): a burst of small SSE events costs one syscall, not one per TCP segment.
+                chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
+                self.chunks.clear()
+                self.buffered = 0
                 if self._reading_paused and self.buffered < READ_LOW_WATER and self.transport is not None:
                     self._reading_paused = False
                     self.transport.resume_reading()
