@@ -20,7 +20,8 @@ from sidecar.idp import IdPUnavailable, IdTokenInvalid, UpstreamIdP
 from sidecar.inject import Context, HeaderTemplates
 from sidecar.metrics import Metrics
 from sidecar.refresh import STORE_RETRY_AFTER_SECONDS, CredentialBroker
-from sidecar.store.base import StoreUnavailable, TokenStore, parse_client_token
+from sidecar.singleflight import SingleFlight
+from sidecar.store.base import AccessTokenInfo, StoreUnavailable, TokenStore, parse_client_token
 from sidecar.tokens import BearerProblem, Kind, inspect, parse_authorization
 
 # Distinct client tokens remembered; evicted oldest-first when full.
@@ -41,6 +42,7 @@ class BrokerAuthenticator:
         self._metrics = metrics
         self._cache_seconds = cache_seconds
         self._cache: dict[str, _Seen] = {}
+        self._lookups: SingleFlight[str, AccessTokenInfo | None] = SingleFlight()
 
     def forget(self, token: str) -> None:
         self._cache.pop(token, None)
@@ -56,7 +58,8 @@ class BrokerAuthenticator:
         if parsed is None or parsed.kind != "access":
             raise InvalidToken("the token was not issued by this server", reason="unknown_token")
         try:
-            found = await self._store.find_access_token(token)
+            # When a busy token's cache entry lapses, one lookup goes to the store for all its requests.
+            found = await self._lookups.do(token, lambda: self._store.find_access_token(token))
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("lookup_access_token").inc()
             raise ServiceUnavailable(

@@ -29,6 +29,7 @@ import jwt
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.idp import IdPError, IdPRejected, IdPUnavailable, TokenSet, UpstreamIdP
 from sidecar.metrics import Metrics
+from sidecar.singleflight import SingleFlight
 from sidecar.store.base import Grant, RecordCorrupt, StoreUnavailable, TokenStore, UpstreamCredentials
 
 log = logging.getLogger("sidecar.refresh")
@@ -110,7 +111,8 @@ class CredentialBroker:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
-        self._inflight: dict[str, asyncio.Future[Grant]] = {}
+        self._reads: SingleFlight[str, Grant | None] = SingleFlight()
+        self._refreshes: SingleFlight[str, Grant] = SingleFlight()
 
     def forget(self, grant_id: str) -> None:
         """Drop a cached grant (after revocation or a write made elsewhere in this process)."""
@@ -147,7 +149,8 @@ class CredentialBroker:
         cached = self._cache.get(grant_id)
         if cached is not None and now < cached.until:
             return cached.grant
-        grant = await self._read(grant_id)
+        # When the cache entry of a busy grant lapses, one read goes to the store for all of its requests.
+        grant = await self._reads.do(grant_id, lambda: self._read(grant_id))
         if grant is None:
             self.forget(grant_id)
             raise InvalidToken("the token's grant is unknown or was revoked", reason="unknown_grant")
@@ -157,13 +160,8 @@ class CredentialBroker:
         if not needs_refresh(grant.upstream, now, self._skew):
             self._remember(grant, now)
             return grant
-        flight = self._inflight.get(grant_id)
-        if flight is None:
-            flight = asyncio.ensure_future(self._refresh(grant_id))
-            self._inflight[grant_id] = flight
-            flight.add_done_callback(lambda _f: self._inflight.pop(grant_id, None))
-        # shield: one caller's cancellation (client gone) must not cancel the refresh others wait for.
-        return await asyncio.shield(flight)
+        # One refresh per grant in this process, shared by every request that needs it (DESIGN §7.2).
+        return await self._refreshes.do(grant_id, lambda: self._refresh(grant_id))
 
     async def _refresh(self, grant_id: str) -> Grant:
         owner = secrets.token_hex(8)
