@@ -17,15 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import broker, report
 from bench.procs import server_cpus
-from bench.rows import ROWS, Row
+from bench.rows import FASTMCP_PROBLEM, FASTMCP_PYTHON, ROWS, SERVICES, Row
 from bench.runner import Bench, Options, run_bench, say
-from bench.tools import ensure_apt_binaries, ensure_python_packages, find_binary
+from bench.tools import ensure_apt_binaries, ensure_fastmcp, ensure_python_packages, fastmcp_version, find_binary
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-QUICK = Options(duration=3.0, warmup=1.0, rounds=2, latency_seconds=1.5, sse_repeats=15)
+QUICK = Options(duration=1.0, warmup=1.0, rounds=2, latency_seconds=0.5, sse_repeats=10, filler_grants=10_000)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interleaved rounds (at least 2 to see noise)")
     parser.add_argument("--connections", type=int, help="wrk connections (default 50)")
     parser.add_argument("--latency-rate", type=float, help="req/s of the fixed-rate latency client (default 200)")
+    parser.add_argument("--grants", type=int, dest="filler_grants",
+                        help="grants in the many-grants Redis (default 100,000; 10,000 with --quick)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where results go (default bench/results)")
     parser.add_argument("--name", help="file name stem of the results (default: latest, or quick with --quick)")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get/pip install what is missing")
@@ -49,16 +51,28 @@ def _options(args: argparse.Namespace) -> Options:
     options = QUICK if args.quick else Options()
     overrides = {
         "duration": args.duration, "rounds": args.rounds, "connections": args.connections,
-        "latency_rate": args.latency_rate,
+        "latency_rate": args.latency_rate, "filler_grants": args.filler_grants,
     }
     return replace(options, **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _select(patterns: str | None) -> list[Row]:
-    if not patterns:
-        return list(ROWS)
-    globs = [p.strip() for p in patterns.split(",") if p.strip()]
-    return [row for row in ROWS if any(fnmatch.fnmatch(row.key, g) or g in row.key for g in globs)]
+def _select(patterns: str | None, filler_grants: int) -> list[Row]:
+    globs = [p.strip() for p in (patterns or "*").split(",") if p.strip()]
+    grants = f"{filler_grants + 1:,}"  # the filler and the measured grant
+    return [replace(row, label=row.label.replace("{grants}", grants)) for row in ROWS
+            if any(fnmatch.fnmatch(row.key, g) or g in row.key for g in globs)]
+
+
+def _needs(rows: list[Row]) -> set[str]:
+    """Every service the rows go through, transitively."""
+    found: set[str] = set()
+    todo = [row.target for row in rows]
+    while todo:
+        key = todo.pop()
+        if key not in found:
+            found.add(key)
+            todo.extend(SERVICES[key].needs)
+    return found
 
 
 def _version(argv: list[str]) -> str:
@@ -86,14 +100,17 @@ def _meta(binaries: dict[str, str | None], quick: bool, servers: str | None, loa
                 break
     except OSError:
         pass
-    nginx_bin, wrk_bin = binaries.get("nginx"), binaries.get("wrk")
+    nginx_bin, wrk_bin, redis_bin = binaries.get("nginx"), binaries.get("wrk"), binaries.get("redis-server")
     nginx = _version([nginx_bin, "-v"]) if nginx_bin else "not installed"
     wrk = _version([wrk_bin, "-v"]).split(" [")[0] if wrk_bin else "not installed"
     commit = _version(["git", "-C", str(RESULTS.parent.parent), "rev-parse", "--short", "HEAD"])
     versions = {
         "python": platform.python_version(), "aiohttp": _package("aiohttp"), "uvloop": _package("uvloop"),
         "mcp": _package("mcp"), "uvicorn": _package("uvicorn"), "mcp-auth-sidecar": _package("mcp-auth-sidecar"),
-        "nginx": nginx.removeprefix("nginx version: "), "wrk": wrk, "commit": commit,
+        "nginx": nginx.removeprefix("nginx version: "), "wrk": wrk,
+        "redis": _version([redis_bin, "--version"]).split(" sha=")[0].removeprefix("Redis server v=")
+        if redis_bin else "not installed",
+        "fastmcp": fastmcp_version(binaries.get(FASTMCP_PYTHON)), "commit": commit,
     }
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -110,19 +127,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list_rows:
         for row in ROWS:
-            print(f"{row.key:<28} {row.label} (target {row.target})")
+            print(f"{row.key:<36} {row.label} (target {row.target})")
         return 0
     options = _options(args)
-    rows = _select(args.rows)
+    rows = _select(args.rows, options.filler_grants)
     if not rows:
         print(f"no row matches {args.rows!r}; see --list-rows", file=sys.stderr)
         return 2
 
     if args.no_install:
-        binaries = {name: find_binary(name) for name in ("wrk", "nginx")}
+        binaries = {name: find_binary(name) for name in ("wrk", "nginx", "redis-server")}
     else:
         binaries = ensure_apt_binaries()
         ensure_python_packages()
+    if any(key.startswith("fastmcp") for key in _needs(rows)):
+        binaries[FASTMCP_PYTHON], binaries[FASTMCP_PROBLEM] = ensure_fastmcp(install=not args.no_install)
     if not binaries.get("wrk"):
         print("wrk is needed (apt-get install wrk)", file=sys.stderr)
         return 2
@@ -150,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = [report.summarize(result) for result in ordered]
     report.add_ratios(summaries)
     targets = report.evaluate_targets(summaries)
+    meta["seeded_stores"] = dict(broker.SEEDED)
     stem = args.name or ("quick" if args.quick else "latest")
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

@@ -11,17 +11,24 @@ Adding a configuration is adding entries here, nothing else:
   answers in the end (ratios compare rows with the same backend: ``direct`` rows and ``bare`` rows are the
   baselines); ``token`` names the bearer the requests carry (``TOKENS``).
 
-Rows still to come (issue 7), and what each needs here:
+The rows of issue 7, and what each needs here:
 
-* gate with JWKS verification: a ``jwks`` service serving a key set, a ``signed`` token signed with it,
-  and a sidecar service with ``MCP_SIDECAR_JWKS_URL`` in its env (``sidecar_service(..., env=...)``);
-* broker on the memory store and on Redis with a warm grant: a ``redis`` service (role ``store``, with
-  ``counters`` reading ``INFO stats`` for round trips per request), a sidecar with ``--mode broker`` and
-  an ``after_start`` that performs the grant once;
-* broker with 100,000 grants: the same with an ``after_start`` that seeds Redis first;
-* FastMCP's proxy with JWT verification: a service running ``fastmcp`` (the ``bench`` extra);
-* ``--workers 2``: ``sidecar_service(..., workers=2)``; CPU and RSS are already summed/listed per process
-  of the tree.
+* direct, nginx, the bare aiohttp proxy, the sidecar's gate (decode-only) on both backends;
+* gate with JWKS verification (both backends): the ``jwks`` service (``bench/jwks.py``) serves the run's
+  key set, the ``signed`` bearer is signed with it, the sidecar gets ``MCP_SIDECAR_JWKS_URL``,
+  ``MCP_SIDECAR_ISSUER`` and ``MCP_SIDECAR_AUDIENCE``;
+* broker with a warm grant, on real Redis (both backends) and on the memory store (aiohttp backend):
+  ``bench/broker.py`` (Redis services whose ``after_start`` seeds the grant through the store API and
+  whose ``counters`` give Redis commands per request) and ``bench/broker_memory.py`` (the launcher that
+  seeds the memory store inside the sidecar's process);
+* broker with many grants (aiohttp backend): its own Redis seeded with ``Options.filler_grants`` grants
+  (100,000; 10,000 with ``--quick``) before the measured one, compared with the one-grant row;
+* ``--workers 2`` (gate, aiohttp backend): CPU and RSS are summed/listed per process of the tree (the
+  supervisor and both workers); all servers share CPU 0, so two workers add no capacity here, only their
+  cost shows;
+* FastMCP's proxy with JWT verification (SDK backend only: it speaks MCP to its backend, which the minimal
+  backend does not): ``bench/fastmcp_proxy.py`` in its own venv ``bench/.venv-fastmcp`` (``bench/tools.py``
+  makes it), verifying the ``signed`` bearer against the ``jwks`` service.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import broker, jwks
 from bench.workload import unsigned_jwt
 
 
@@ -42,6 +50,7 @@ class ServiceContext:
     deps: Mapping[str, str]  # service key -> base URL, for every key in ServiceSpec.needs
     binaries: Mapping[str, str | None]  # "nginx", "wrk" -> path, None when unavailable
     free_port: Callable[[], int]
+    filler_grants: int = 0  # grants seeded before the measured one in the many-grants store
 
     @property
     def python(self) -> str:
@@ -86,6 +95,7 @@ class Row:
     target: str  # key of the service wrk and the clients talk to (== backend for direct rows)
     token: str = "unsigned"  # key in TOKENS
     sse: bool = False  # also measure the SSE stream through this path (needs the aiohttp backend)
+    latency: bool = True  # also measure added latency at the fixed rate (not for rows far slower than it)
 
     @property
     def proxied(self) -> bool:
@@ -98,6 +108,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 TOKENS: dict[str, Callable[[], str]] = {
     "unsigned": unsigned_jwt,
+    "signed": jwks.signed_jwt,  # RS256 with the run's key, served by the ``jwks`` service
+    # client tokens of the warm grants, known once their store was seeded (the runner asks after start)
+    "broker-redis": lambda: broker.CLIENT_TOKENS["redis"],
+    "broker-redis-many": lambda: broker.CLIENT_TOKENS["redis-many"],
+    "broker-memory": lambda: broker.CLIENT_TOKENS["broker-memory"],
 }
 
 
@@ -177,14 +192,17 @@ def sidecar_service(
     *,
     variant: str = "gate",
     args: tuple[str, ...] = (),
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | Callable[[ServiceContext], Mapping[str, str]] | None = None,
     workers: int = 1,
     after_start: Callable[[ServiceContext], Awaitable[None]] | None = None,
+    extra_needs: tuple[str, ...] = (),
+    label: str | None = None,
 ) -> ServiceSpec:
     """The sidecar as an operator runs it: ``mcp-auth-sidecar serve`` with flags, defaults otherwise.
 
     ``variant`` names the configuration (``gate``, ``gate-jwks``, ``broker-redis`` ...) and, with
-    ``workers``, makes the service key unique: ``sidecar-<variant>[-w<N>]-><upstream>``.
+    ``workers``, makes the service key unique: ``sidecar-<variant>[-w<N>]-><upstream>``. ``env`` may be a
+    function of the context (URLs of ``extra_needs`` services such as the JWKS server or Redis).
     """
 
     def build(ctx: ServiceContext) -> Launch:
@@ -197,12 +215,90 @@ def sidecar_service(
             *(["--workers", str(workers)] if workers != 1 else []),
             *args,
         ]
-        return Launch(argv, env=dict(env or {}))
+        return Launch(argv, env=dict((env(ctx) if callable(env) else env) or {}))
 
     suffix = f"-w{workers}" if workers != 1 else ""
-    label = f"sidecar {variant}" + (f" \N{MULTIPLICATION SIGN}{workers} workers" if workers != 1 else "")
-    return ServiceSpec(f"sidecar-{variant}{suffix}->{upstream}", label, "proxy", build, needs=(upstream,),
-                       after_start=after_start)
+    label = label or f"sidecar {variant}" + (f" \N{MULTIPLICATION SIGN}{workers} workers" if workers != 1 else "")
+    return ServiceSpec(f"sidecar-{variant}{suffix}->{upstream}", label, "proxy", build,
+                       needs=(upstream, *extra_needs), after_start=after_start)
+
+
+def jwks_service() -> ServiceSpec:
+    def build(ctx: ServiceContext) -> Launch:
+        argv = [ctx.python, "-m", "bench.jwks", "--port", str(ctx.port), "--file", str(ctx.workdir / "jwks.json")]
+        return Launch(argv, env={"PYTHONPATH": str(PROJECT_ROOT)}, files={"jwks.json": jwks.jwks_document()})
+
+    return ServiceSpec("jwks", "JWKS of the run's signing key", "idp", build)
+
+
+def jwks_env(ctx: ServiceContext) -> dict[str, str]:
+    return {
+        "MCP_SIDECAR_JWKS_URL": ctx.deps["jwks"] + jwks.JWKS_PATH,
+        "MCP_SIDECAR_ISSUER": jwks.ISSUER,
+        "MCP_SIDECAR_AUDIENCE": jwks.AUDIENCE,
+    }
+
+
+def redis_service(key: str, label: str, filler: Callable[[ServiceContext], int]) -> ServiceSpec:
+    """A ``redis-server`` on a free loopback port, no persistence, seeded once it listens."""
+
+    def build(ctx: ServiceContext) -> Launch:
+        server = ctx.binaries.get("redis-server")
+        if not server:
+            raise Unavailable("redis-server is not installed (apt-get install redis-server)")
+        return Launch([server, "--port", str(ctx.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                       "--dir", str(ctx.workdir), "--logfile", ""])
+
+    async def after_start(ctx: ServiceContext) -> None:
+        await broker.redis_seeder(key, tuple(sidecar_command()), lambda: filler(ctx))(ctx.url)
+
+    async def counters(ctx: ServiceContext) -> dict[str, float]:
+        return await broker.redis_counters(ctx.port)
+
+    return ServiceSpec(key, label, "store", build, after_start=after_start, counters=counters)
+
+
+def broker_redis_env(store: str) -> Callable[[ServiceContext], dict[str, str]]:
+    def env(ctx: ServiceContext) -> dict[str, str]:
+        return broker.broker_env(broker.encryption_keys(tuple(sidecar_command())), {
+            "MCP_SIDECAR_STORE": "redis", "MCP_SIDECAR_REDIS_URL": broker.redis_url(ctx.deps[store]),
+        })
+
+    return env
+
+
+def broker_memory_service(upstream: str) -> ServiceSpec:
+    """The broker on the memory store, through the bench-only launcher that seeds the grant in-process."""
+
+    def build(ctx: ServiceContext) -> Launch:
+        argv = [ctx.python, "-m", "bench.broker_memory", "--port", str(ctx.port), "--upstream", ctx.deps[upstream],
+                "--token-file", str(ctx.workdir / "client-token")]
+        env = broker.broker_env(broker.encryption_keys(tuple(sidecar_command())), {"MCP_SIDECAR_STORE": "memory"})
+        return Launch(argv, env={**env, "PYTHONPATH": str(PROJECT_ROOT)})
+
+    async def after_start(ctx: ServiceContext) -> None:
+        broker.CLIENT_TOKENS["broker-memory"] = broker.read_token_file(ctx.workdir / "client-token")
+
+    return ServiceSpec(f"sidecar-broker-memory->{upstream}", "sidecar broker, memory store", "proxy", build,
+                       needs=(upstream,), after_start=after_start)
+
+
+FASTMCP_PYTHON = "fastmcp-python"  # key in ServiceContext.binaries: the python of bench/.venv-fastmcp
+FASTMCP_PROBLEM = "fastmcp-problem"  # and why it is missing, when it is
+
+
+def fastmcp_service(upstream: str) -> ServiceSpec:
+    def build(ctx: ServiceContext) -> Launch:
+        python = ctx.binaries.get(FASTMCP_PYTHON)
+        if not python:
+            raise Unavailable(ctx.binaries.get(FASTMCP_PROBLEM) or "FastMCP is not installed in bench/.venv-fastmcp")
+        argv = [python, str(PROJECT_ROOT / "bench" / "fastmcp_proxy.py"), "--port", str(ctx.port),
+                "--upstream", ctx.deps[upstream], "--jwks-url", ctx.deps["jwks"] + jwks.JWKS_PATH,
+                "--issuer", jwks.ISSUER, "--audience", jwks.AUDIENCE]
+        return Launch(argv, env={"FASTMCP_SHOW_CLI_BANNER": "false", "FASTMCP_LOG_LEVEL": "WARNING"})
+
+    return ServiceSpec(f"fastmcp->{upstream}", "FastMCP proxy + JWT verification", "proxy", build,
+                       needs=(upstream, "jwks"), ready_timeout=60.0)
 
 
 BACKENDS: list[ServiceSpec] = [
@@ -211,8 +307,26 @@ BACKENDS: list[ServiceSpec] = [
 ]
 
 SERVICES: dict[str, ServiceSpec] = {spec.key: spec for spec in BACKENDS}
+for _spec in (
+    jwks_service(),
+    redis_service("redis", "Redis (one grant)", lambda _: 0),
+    redis_service("redis-many", "Redis (many grants)", lambda ctx: ctx.filler_grants),
+    broker_memory_service("aiohttp"),
+    sidecar_service("aiohttp", workers=2),
+    sidecar_service("aiohttp", variant="broker-redis-many", args=("--mode", "broker"),
+                    env=broker_redis_env("redis-many"), extra_needs=("redis-many",),
+                    label="sidecar broker, Redis, {grants} grants"),
+    fastmcp_service("sdk"),
+):
+    SERVICES[_spec.key] = _spec
 for _backend in ("aiohttp", "sdk"):
-    for _spec in (nginx_service(_backend), bare_proxy_service(_backend), sidecar_service(_backend)):
+    for _spec in (
+        nginx_service(_backend), bare_proxy_service(_backend), sidecar_service(_backend),
+        sidecar_service(_backend, variant="gate-jwks", env=jwks_env, extra_needs=("jwks",),
+                        label="sidecar gate + JWKS verification"),
+        sidecar_service(_backend, variant="broker-redis", args=("--mode", "broker"), env=broker_redis_env("redis"),
+                        extra_needs=("redis",), label="sidecar broker, Redis, 1 grant"),
+    ):
         SERVICES[_spec.key] = _spec
 
 
@@ -223,13 +337,30 @@ BACKEND_LABELS = {"aiohttp": "minimal aiohttp backend", "sdk": "mcp SDK server"}
 
 def _rows_for(backend: str) -> list[Row]:
     sse = backend == "aiohttp"
-    return [
+    rows = [
         Row(f"direct/{backend}", "direct", "direct", backend, backend, sse=sse),
         Row(f"nginx/{backend}", "nginx", "nginx", backend, f"nginx->{backend}", sse=sse),
         Row(f"bare/{backend}", "bare aiohttp proxy", "bare", backend, f"bare->{backend}", sse=sse),
         Row(f"sidecar-gate/{backend}", "sidecar gate (decode-only)", "sidecar", backend,
             f"sidecar-gate->{backend}", sse=sse),
+        Row(f"sidecar-gate-jwks/{backend}", "sidecar gate + JWKS verification", "sidecar", backend,
+            f"sidecar-gate-jwks->{backend}", token="signed"),
     ]
+    if backend == "aiohttp":
+        rows.append(Row("sidecar-gate-w2/aiohttp", "sidecar gate, --workers 2", "sidecar", backend,
+                        "sidecar-gate-w2->aiohttp"))
+        rows.append(Row("sidecar-broker-memory/aiohttp", "sidecar broker, memory store", "sidecar", backend,
+                        "sidecar-broker-memory->aiohttp", token="broker-memory"))
+    rows.append(Row(f"sidecar-broker-redis/{backend}", "sidecar broker, Redis, 1 grant", "sidecar", backend,
+                    f"sidecar-broker-redis->{backend}", token="broker-redis"))
+    if backend == "aiohttp":
+        rows.append(Row("sidecar-broker-redis-many/aiohttp", "sidecar broker, Redis, {grants} grants", "sidecar",
+                        backend, "sidecar-broker-redis-many->aiohttp", token="broker-redis-many"))
+    else:
+        # tens of req/s at most here: a fixed 200 req/s would only measure its queue, for minutes
+        rows.append(Row("fastmcp/sdk", "FastMCP proxy + JWT verification", "peer", backend, "fastmcp->sdk",
+                        token="signed", latency=False))
+    return rows
 
 
 ROWS: list[Row] = [*_rows_for("aiohttp"), *_rows_for("sdk")]

@@ -1,4 +1,8 @@
-"""Installs what the benchmark needs when it is missing: wrk and nginx-light (apt), matplotlib (pip)."""
+"""Installs what the benchmark needs when it is missing: wrk, nginx-light and redis-server (apt),
+matplotlib (pip, into the running venv), and FastMCP into its own venv ``bench/.venv-fastmcp``.
+
+FastMCP never goes into the project's venv: it pins its own ``mcp`` SDK, and the tests need the project's.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light"}
+APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx-light", "redis-server": "redis-server"}
 PIP_PACKAGES = {"matplotlib": "matplotlib>=3.8"}
+FASTMCP_VENV = Path(__file__).resolve().parent / ".venv-fastmcp"
+FASTMCP_REQUIREMENTS = ("fastmcp>=3", "uvloop>=0.19")
 
 
 def find_binary(name: str) -> str | None:
@@ -66,3 +73,45 @@ def ensure_python_packages() -> dict[str, bool]:
             importlib.invalidate_caches()
         status[module] = importlib.util.find_spec(module) is not None
     return status
+
+
+def _fastmcp_python() -> str | None:
+    python = FASTMCP_VENV / "bin" / "python"
+    if not python.exists():
+        return None
+    check = subprocess.run([str(python), "-c", "import fastmcp, uvicorn, uvloop"], capture_output=True, check=False)
+    return str(python) if check.returncode == 0 else None
+
+
+def fastmcp_version(python: str | None) -> str:
+    if python is None:
+        return "not installed"
+    done = subprocess.run([python, "-c", "import fastmcp; print(fastmcp.__version__)"], capture_output=True,
+                          text=True, check=False)
+    return done.stdout.strip() or "?"
+
+
+def ensure_fastmcp(install: bool = True) -> tuple[str | None, str]:
+    """The python of ``bench/.venv-fastmcp`` with FastMCP importable (creating the venv if ``install``), and
+    why not when that failed."""
+    python = _fastmcp_python()
+    if python is not None or not install:
+        return python, "" if python else f"no FastMCP in {FASTMCP_VENV} (--no-install)"
+    _say(f"installing {' '.join(FASTMCP_REQUIREMENTS)} into {FASTMCP_VENV} (its own venv)")
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(FASTMCP_VENV)],
+        [str(FASTMCP_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", *FASTMCP_REQUIREMENTS],
+    ]
+    for step in steps:
+        try:
+            done = subprocess.run(step, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"{' '.join(step[:3])}: {exc}"
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.decode(errors="replace").splitlines()
+                      if not line.startswith("WARNING:")]
+            reason = " ".join(errors)[-400:] or f"exit code {done.returncode}"
+            _say(f"FastMCP install failed: {reason}")
+            return None, f"FastMCP could not be installed: {reason}"
+    python = _fastmcp_python()
+    return python, "" if python else "FastMCP installed but does not import"
