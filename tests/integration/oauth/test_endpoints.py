@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from sidecar.crypto import KeyRing
 from sidecar.store.memory import MemoryTokenStore
@@ -33,27 +31,6 @@ def store(clock: FakeClock) -> MemoryTokenStore:
     return MemoryTokenStore(KeyRing.ephemeral(), key_prefix="oauthtest", clock=clock)
 
 
-@pytest_asyncio.fixture
-async def sidecar(idp_front: IdPFront, store: MemoryTokenStore) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(idp_front, store=store) as sc:
-        yield sc
-
-
-@pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
-
-
-@pytest_asyncio.fixture
-async def browser(idp_front: IdPFront, sidecar: Sidecar) -> AsyncIterator[Browser]:
-    async with Browser(idp_front, sidecar.url) as b:
-        yield b
-
-
-@pytest_asyncio.fixture
-async def client(http: aiohttp.ClientSession, sidecar: Sidecar) -> Registered:
-    return await register(http, sidecar)
 
 
 async def redeem(http: aiohttp.ClientSession, sidecar: Sidecar, client: Registered, code: Any) -> dict[str, Any]:

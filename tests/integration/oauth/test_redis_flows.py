@@ -44,27 +44,6 @@ async def store(redis_url: str, clock: FakeClock) -> AsyncIterator[TokenStore]:
         await redis_store.close()
 
 
-@pytest_asyncio.fixture
-async def sidecar(idp_front: IdPFront, store: TokenStore) -> AsyncIterator[Sidecar]:
-    async with running_sidecar(idp_front, store=store) as sc:
-        yield sc
-
-
-@pytest_asyncio.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
-        yield session
-
-
-@pytest_asyncio.fixture
-async def browser(idp_front: IdPFront, sidecar: Sidecar) -> AsyncIterator[Browser]:
-    async with Browser(idp_front, sidecar.url) as b:
-        yield b
-
-
-@pytest_asyncio.fixture
-async def client(http: aiohttp.ClientSession, sidecar: Sidecar) -> Registered:
-    return await register(http, sidecar)
 
 
 async def test_rotation_replay_grace_and_reuse(http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser,
