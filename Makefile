@@ -1,18 +1,29 @@
 # mcp-auth-sidecar: the two commands a newcomer needs are `make run` and `make test`.
-# Everything installs itself into .venv on first use (Python packages from PyPI,
-# redis-server through apt when the machine has none).
+# Everything installs itself into .venv on first use, from the lock file (uv.lock): exactly the versions
+# the suite last passed with. redis-server comes through apt when the machine has none.
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+UV     := $(VENV)/bin/uv
+# uv itself is pinned by the lock (dependency group `dev`); pip bootstraps exactly that version.
+UV_VERSION = $(shell $(PYTHON) -c 'import tomllib; print(next(p["version"] for p in tomllib.load(open("uv.lock","rb"))["package"] if p["name"] == "uv"))')
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | cksum | cut -d' ' -f1)
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Installs only from the lock; never resolves anew on the way.
+SYNC   := $(UV) sync --locked --all-extras --quiet
 
-.PHONY: run test unit integration chart lint typecheck bench bench-quick clean redis-server
+.PHONY: run test test-fast unit integration chart lint typecheck bench bench-quick clean redis-server \
+        lock lock-check outdated
 
-$(STAMP): pyproject.toml
+$(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[test,demo]'
+	@$(PY) -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	@$(UV) lock --check --quiet 2>/dev/null || { \
+	  echo "error: uv.lock does not match pyproject.toml. Run 'make lock' and commit uv.lock." >&2; exit 1; }
+	@$(SYNC)
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -46,12 +57,23 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	@$(PY) -m pip install --quiet -e '.[test,demo,bench]'
 	$(PY) -m bench
 
 bench-quick: $(STAMP)
-	@$(PY) -m pip install --quiet -e '.[test,demo,bench]'
 	$(PY) -m bench --quick
+
+# Upgrading dependencies: refresh the lock to the newest versions pyproject.toml's ranges allow, then
+# `make test` tries them. Commit uv.lock with the code changes the upgrade needed.
+lock: | $(UV)
+	$(UV) lock --upgrade
+
+# Fails (with what to run) when pyproject.toml and uv.lock disagree; CI runs it first.
+lock-check: | $(UV)
+	@$(UV) lock --check || { echo "error: uv.lock is out of date with pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
+
+# What is behind: the locked version of each package next to the newest its range allows.
+outdated: | $(UV)
+	@$(UV) lock --upgrade --dry-run 2>&1 | grep -E '^(Update|Add|Remove) ' || echo "uv.lock is at the newest versions pyproject.toml allows"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

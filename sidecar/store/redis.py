@@ -610,7 +610,7 @@ def build_client(settings: Settings) -> RedisClient:
         }
         if password is not None:
             sentinel_kwargs["password"] = password
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             _nodes(settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs, ssl=settings.redis_tls, **common
         )
         return cast(Redis, sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis))

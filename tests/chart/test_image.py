@@ -53,3 +53,14 @@ def test_dockerignore_keeps_the_context_to_the_package() -> None:
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", DOCKERFILE, flags=re.MULTILINE):
         for item in src.split():
             assert f"!{item}" in lines or f"!{item}/" in lines, item
+
+
+def test_build_installs_exactly_the_lock() -> None:
+    build = _stages()[0]
+    runs = " ".join(_instructions(build, "RUN"))
+    assert "uv sync --locked" in runs
+    assert "--no-dev" in runs and "--no-editable" in runs
+    # Nothing is resolved anew inside the image: no plain `pip install .` of the project.
+    assert not re.search(r"pip install ['\"]?\.", runs)
+    copies = " ".join(_instructions(build, "COPY"))
+    assert "uv.lock" in copies
