@@ -21,6 +21,18 @@ from sidecar.cors import CorsPolicy, origin_of
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
 from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, ClaimsResolver, HeaderTemplates
+from sidecar.keys import (
+    BROKER_AUTH,
+    CREDENTIALS,
+    HEALTH,
+    IDP,
+    METADATA,
+    METRICS,
+    PROXY,
+    SESSION,
+    SETTINGS,
+    STORE,
+)
 from sidecar.metadata import WELL_KNOWN, ResourceMetadata
 from sidecar.metrics import Metrics
 from sidecar.proxy import Proxy, Resolver
@@ -28,23 +40,11 @@ from sidecar.proxy import Proxy, Resolver
 if TYPE_CHECKING:
     # Broker and signature-verification modules pull in cryptography and PyJWT (~9 MB per worker); a gate
     # without jwks_url never needs them, so they are imported where they are used.
-    from sidecar.broker import BrokerAuthenticator
     from sidecar.idp import IdPClient
-    from sidecar.refresh import CredentialBroker
     from sidecar.store.base import TokenStore
 
 log = logging.getLogger("sidecar.app")
 
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-HEALTH = web.AppKey("health", Health)
-PROXY = web.AppKey("proxy", Proxy)
-STORE: web.AppKey[TokenStore] = web.AppKey("store")
-CREDENTIALS: web.AppKey[CredentialBroker] = web.AppKey("credentials")
-BROKER_AUTH: web.AppKey[BrokerAuthenticator] = web.AppKey("broker_auth")
-IDP: web.AppKey[IdPClient] = web.AppKey("idp")
-METADATA = web.AppKey("metadata", ResourceMetadata)
 
 def outbound_session(settings: Settings) -> aiohttp.ClientSession:
     """The session for the sidecar's own calls (IdP, JWKS, client metadata documents): never the relay's."""
@@ -93,7 +93,7 @@ def build_app(
     health = app[HEALTH] = Health()
     servers = settings.authorization_servers
     if settings.mode == "broker":
-        from sidecar.oauth import add_routes, issuer_of  # imported here: sidecar.oauth imports this module's keys
+        from sidecar.oauth import add_routes, issuer_of  # imported here: only broker workers load the OAuth server
 
         servers = [issuer_of(settings)]  # the sidecar is the authorization server (RFC 9728 §2, RFC 8414 §2)
     metadata = app[METADATA] = ResourceMetadata(settings.public, servers, settings.required_scopes)

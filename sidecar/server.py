@@ -19,8 +19,9 @@ from multiprocessing.process import BaseProcess
 from aiohttp import web
 
 from sidecar import logs
-from sidecar.app import HEALTH, build_app
+from sidecar.app import build_app
 from sidecar.config import Settings, parse_host_port
+from sidecar.keys import HEALTH
 from sidecar.metrics import Metrics, exposition_registry, metrics_app
 
 log = logging.getLogger("sidecar.server")

@@ -26,8 +26,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
-from sidecar.app import SETTINGS
 from sidecar.config import Settings
+from sidecar.keys import SETTINGS
 from sidecar.providers import OFFLINE_ACCESS_SCOPE
 
 # Paths of our endpoints, under public_url (DESIGN §3: own endpoints live under /oauth/ and /.well-known/).

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from sidecar.app import IDP, METRICS, SETTINGS, STORE
 from sidecar.config import Settings
 from sidecar.idp import IdPClient
+from sidecar.keys import IDP, METRICS, SETTINGS, STORE
 from sidecar.metrics import Metrics
 from sidecar.oauth.cimd import CimdError, CimdFetcher, looks_like_metadata_url
 from sidecar.oauth.clients import Client

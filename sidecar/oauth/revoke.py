@@ -18,7 +18,7 @@ import logging
 
 from aiohttp import web
 
-from sidecar.app import BROKER_AUTH, CREDENTIALS
+from sidecar.keys import BROKER_AUTH, CREDENTIALS
 from sidecar.oauth.common import secure_equal
 from sidecar.oauth.context import store_down, store_of
 from sidecar.oauth.errors import NO_STORE, InvalidGrant, InvalidRequest, OAuthError
