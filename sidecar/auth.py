@@ -106,7 +106,7 @@ class GateAuthenticator:
             raise InvalidToken(info.problem or "the token is malformed", reason="malformed")
         why = time_problem(info.exp, info.nbf, now, self._leeway)
         if why is not None:
-            raise InvalidToken(why, reason="expired" if "expired" in why else "not_yet_valid")
+            raise InvalidToken(why.message, reason=why.reason)
         if self._required and missing_scopes(info.scopes, self._required):
             raise InsufficientScope(
                 "the token lacks a required scope", scope=self._required_sorted, reason="insufficient_scope"

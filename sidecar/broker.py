@@ -102,8 +102,7 @@ class IdTokenAuthenticator:
         try:
             claims = await self._idp.verify_id_token(token)
         except IdTokenInvalid as exc:
-            reason = "expired" if "expired" in str(exc) else "bad_signature"
-            raise InvalidToken(str(exc), reason=reason) from None
+            raise InvalidToken(str(exc), reason=exc.kind) from None
         except IdPUnavailable as exc:
             raise ServiceUnavailable("the IdP's signing keys cannot be fetched right now", retry_after=5) from exc
         exp = claims.get("exp")

@@ -14,18 +14,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from aiohttp import web
+from sidecar.problems import MAX_DESCRIPTION_BYTES, Problem, Reason, Unavailable, sanitize
 
-MAX_DESCRIPTION_BYTES = 120
-
-
-def sanitize(text: str, limit: int = MAX_DESCRIPTION_BYTES) -> str:
-    """Printable ASCII-safe text for headers and logs: control characters dropped, at most ``limit`` bytes."""
-    cleaned = "".join(ch for ch in text if ch.isprintable())
-    data = cleaned.encode("utf-8")
-    if len(data) > limit:
-        cleaned = data[:limit].decode("utf-8", "ignore")
-    return cleaned
+__all__ = [
+    "MAX_DESCRIPTION_BYTES",
+    "AuthProblem",
+    "BadGateway",
+    "BadRequest",
+    "ForbiddenOrigin",
+    "GatewayTimeout",
+    "HTTPProblem",
+    "HeaderTooLarge",
+    "InsufficientScope",
+    "InvalidToken",
+    "MissingToken",
+    "ServiceUnavailable",
+    "bearer_challenge",
+    "json_body",
+    "sanitize",
+]
 
 
 def _quote(value: str) -> str:
@@ -59,57 +66,37 @@ def json_body(error: str, description: str) -> bytes:
     return json.dumps({"error": error, "error_description": sanitize(description, 500)}).encode()
 
 
-class HTTPProblem(Exception):
-    """An answer the sidecar gives itself. Subclasses set status and OAuth-style error code."""
-
-    status = 500
-    error = "server_error"
-
-    def __init__(self, description: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(description)
-        self.description = description
-        self.extra_headers = headers or {}
-
-    def response(self, resource_metadata: str) -> web.Response:
-        headers = {"Cache-Control": "no-store", **self.extra_headers}
-        return web.Response(
-            status=self.status,
-            body=json_body(self.error, self.description),
-            content_type="application/json",
-            headers=headers,
-        )
+# The proxied path's problems are the program's one problem model (sidecar.problems); the old name stays.
+HTTPProblem = Problem
+ServiceUnavailable = Unavailable
 
 
-class AuthProblem(HTTPProblem):
+class AuthProblem(Problem):
     """401/403 with a Bearer challenge. ``error=None`` is the no-credentials challenge of RFC 6750 §3.1."""
 
     status = 401
     error = "invalid_token"
-    reason = "invalid_token"  # metrics label
+    reason: Reason = "invalid_token"
 
-    def __init__(self, description: str, *, scope: Iterable[str] = (), reason: str | None = None) -> None:
-        super().__init__(description)
+    def __init__(self, description: str, *, scope: Iterable[str] = (), reason: Reason | None = None) -> None:
+        super().__init__(description, reason=reason)
         self.scope = tuple(scope)
-        if reason:
-            self.reason = reason
 
     def challenge_error(self) -> str | None:
         return self.error
 
-    def response(self, resource_metadata: str) -> web.Response:
-        resp = super().response(resource_metadata)
-        resp.headers["WWW-Authenticate"] = bearer_challenge(
-            resource_metadata=resource_metadata,
+    def challenge(self, resource_metadata: str | None) -> str | None:
+        return bearer_challenge(
+            resource_metadata=resource_metadata or "",
             error=self.challenge_error(),
             description=self.description,
             scope=self.scope,
         )
-        return resp
 
 
 class MissingToken(AuthProblem):
     error = "invalid_request"
-    reason = "missing_token"
+    reason: Reason = "missing_token"
 
     def challenge_error(self) -> str | None:
         # RFC 6750 §3.1: no error code when the request carries no credentials at all.
@@ -123,39 +110,34 @@ class InvalidToken(AuthProblem):
 class InsufficientScope(AuthProblem):
     status = 403
     error = "insufficient_scope"
-    reason = "insufficient_scope"
+    reason: Reason = "insufficient_scope"
 
 
-class HeaderTooLarge(HTTPProblem):
+class HeaderTooLarge(Problem):
     status = 431
     error = "invalid_request"
+    reason: Reason = "header_too_large"
 
 
-class ForbiddenOrigin(HTTPProblem):
+class ForbiddenOrigin(Problem):
     status = 403
     error = "forbidden_origin"
+    reason: Reason = "forbidden_origin"
 
 
-class BadRequest(HTTPProblem):
+class BadRequest(Problem):
     status = 400
     error = "invalid_request"
+    reason: Reason = "bad_request"
 
 
-class ServiceUnavailable(HTTPProblem):
-    """503 + Retry-After: the caller should try again (IdP or store down)."""
-
-    status = 503
-    error = "temporarily_unavailable"
-
-    def __init__(self, description: str, *, retry_after: int = 5) -> None:
-        super().__init__(description, headers={"Retry-After": str(retry_after)})
-
-
-class BadGateway(HTTPProblem):
+class BadGateway(Problem):
     status = 502
     error = "bad_gateway"
+    reason: Reason = "bad_gateway"
 
 
-class GatewayTimeout(HTTPProblem):
+class GatewayTimeout(Problem):
     status = 504
     error = "gateway_timeout"
+    reason: Reason = "gateway_timeout"

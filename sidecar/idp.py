@@ -153,10 +153,12 @@ class IdPMisconfigured(IdPUnavailable):
 
 
 class IdTokenInvalid(IdPError):
-    """An ID token failed verification (OIDC Core §3.1.3.7). ``reason`` is short and safe to log."""
+    """An ID token failed verification (OIDC Core §3.1.3.7). ``reason`` is short and safe to log; ``kind`` is
+    the typed reason for metrics (``expired`` or ``bad_signature``), never derived from the message."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, kind: Literal["expired", "bad_signature"] = "bad_signature") -> None:
         self.reason = reason
+        self.kind: Literal["expired", "bad_signature"] = kind
         super().__init__(reason)
 
 
@@ -524,7 +526,7 @@ class IdPClient:
                 options={"require": _REQUIRED_ID_TOKEN_CLAIMS},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise IdTokenInvalid("the ID token has expired") from exc
+            raise IdTokenInvalid("the ID token has expired", kind="expired") from exc
         except jwt.InvalidAudienceError as exc:
             raise IdTokenInvalid("the ID token is not issued to this client (aud)") from exc
         except jwt.InvalidIssuerError as exc:

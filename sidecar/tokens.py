@@ -19,7 +19,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 # RFC 7230 token68 / RFC 6750 b64token alphabet; anything else in a bearer is malformed.
 _B64TOKEN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
@@ -138,12 +138,19 @@ def inspect(token: str) -> Inspected:
     return Inspected(Kind.JWT, claims, header, exp, nbf)
 
 
-def time_problem(exp: float | None, nbf: float | None, now: float, leeway: float) -> str | None:
+class TimeProblem(NamedTuple):
+    """Why a token is not valid at a given time: a typed ``reason`` (for metrics) and a message for people."""
+
+    reason: Literal["expired", "not_yet_valid"]
+    message: str
+
+
+def time_problem(exp: float | None, nbf: float | None, now: float, leeway: float) -> TimeProblem | None:
     """Why a token is not valid at ``now`` (with ``leeway`` seconds of clock skew), or None."""
     if exp is not None and now > exp + leeway:
-        return "the access token expired"
+        return TimeProblem("expired", "the access token expired")
     if nbf is not None and now + leeway < nbf:
-        return "the access token is not valid yet (nbf is in the future)"
+        return TimeProblem("not_yet_valid", "the access token is not valid yet (nbf is in the future)")
     return None
 
 

@@ -34,6 +34,7 @@ from sidecar.oauth.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
+    Problem,
     RateLimited,
     UnauthorizedClient,
     UnsupportedResponseType,
@@ -75,13 +76,13 @@ async def handle(request: web.Request) -> web.Response:
         if not redirect_uri_matches(client.redirect_uris, redirect_uri):
             log.info("authorize with an unregistered redirect_uri", extra={"client_id": client.client_id})
             raise InvalidRequest("redirect_uri is not registered for this client")
-    except OAuthError as err:
+    except Problem as err:
         return error_page(request, err)
 
     state = query.get("state")
     try:
         req = _validate(request, client.client_id, redirect_uri, state, client.grant_types)
-    except OAuthError as err:
+    except Problem as err:
         return error_to_client(redirect_uri, state, err, issuer=st.endpoints.issuer)
     req = AuthorizationRequest(
         client_id=req.client_id,
@@ -99,7 +100,7 @@ async def handle(request: web.Request) -> web.Response:
             assert cookie is not None
             return await redirect_upstream(request, req, cookie)
         return await show_page(request, client, req, cookie)
-    except OAuthError as err:
+    except Problem as err:
         return error_page(request, err)
 
 

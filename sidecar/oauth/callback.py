@@ -29,7 +29,7 @@ from sidecar.oauth.context import idp_of, metrics_of, oauth, store_down, store_o
 from sidecar.oauth.errors import (
     AccessDenied,
     InvalidRequest,
-    OAuthError,
+    Problem,
     ServerError,
     TemporarilyUnavailable,
 )
@@ -44,7 +44,7 @@ log = logging.getLogger("sidecar.oauth.callback")
 _DROPPED_CLAIMS: Final = frozenset({"nonce", "at_hash", "c_hash", "s_hash", "auth_time", "iat", "exp", "nbf", "jti"})
 
 
-def _upstream_error(error: str) -> OAuthError:
+def _upstream_error(error: str) -> Problem:
     if error == "access_denied":
         return AccessDenied("the user or the identity provider denied the sign-in")
     if error == "temporarily_unavailable":
@@ -76,7 +76,7 @@ async def handle(request: web.Request) -> web.Response:
         if not cookie or not secrets.compare_digest(token_hash(cookie), str(pending.get("browser", ""))):
             log.warning("idp callback in a browser that did not start the sign-in", extra={"client_id": req.client_id})
             raise AccessDenied("this sign-in was started in another browser")
-    except OAuthError as err:
+    except Problem as err:
         return error_page(request, err)
 
     upstream_error = query.get("error")
@@ -95,7 +95,7 @@ async def handle(request: web.Request) -> web.Response:
 
     try:
         claims, upstream = await _login(request, code, str(pending["verifier"]), str(pending["nonce"]))
-    except OAuthError as err:
+    except Problem as err:
         return error_to_client(req.redirect_uri, req.state, err, issuer=issuer)
 
     subject = str(claims["sub"])
@@ -138,7 +138,7 @@ async def handle(request: web.Request) -> web.Response:
     return redirect_to_client(req.redirect_uri, {"code": our_code, "state": req.state}, issuer=issuer)
 
 
-def _save_failed(request: web.Request, operation: str, exc: StoreUnavailable) -> OAuthError:
+def _save_failed(request: web.Request, operation: str, exc: StoreUnavailable) -> Problem:
     err = store_down(request, operation, exc)
     err.description = (
         "Your sign-in succeeded, but it could not be saved because the credential store is unreachable. "

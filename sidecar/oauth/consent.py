@@ -28,7 +28,7 @@ from aiohttp import web
 from sidecar.oauth.clients import Client
 from sidecar.oauth.common import SECRET_BYTES, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
-from sidecar.oauth.errors import AccessDenied, InvalidRequest, OAuthError
+from sidecar.oauth.errors import AccessDenied, InvalidRequest, Problem
 from sidecar.oauth.pages import error_page, esc, page
 from sidecar.oauth.request import AuthorizationRequest, error_to_client
 from sidecar.oauth.upstream import redirect_upstream
@@ -176,5 +176,5 @@ async def handle_post(request: web.Request) -> web.Response:
             raise store_down(request, "put_consent", exc) from exc
         log.info("consent given", extra={"client_id": req.client_id, "scopes": " ".join(req.scopes)})
         return await redirect_upstream(request, req, cookie, status=303)
-    except OAuthError as err:
+    except Problem as err:
         return error_page(request, err)

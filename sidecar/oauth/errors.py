@@ -12,47 +12,25 @@
 * RFC 6585 §4: 429 Too Many Requests with ``Retry-After``.
 
 Descriptions are ours (never an IdP's raw text: that is sanitized first by ``sidecar.idp``) and are passed
-through :func:`sidecar.challenge.sanitize` before they are rendered.
+through :func:`sidecar.problems.sanitize` before they are rendered. Every class here is a
+:class:`sidecar.problems.Problem` (the program's one problem model); the 503 is the shared
+:class:`sidecar.problems.Unavailable`.
 """
 
 from __future__ import annotations
 
-import json
+from sidecar.problems import NO_STORE, Problem, Reason, Unavailable
 
-from aiohttp import web
-
-from sidecar.challenge import sanitize
-
-# Answers of the OAuth endpoints carry credentials or per-user state: never cached (RFC 6749 §5.1: "The
-# authorization server MUST include the HTTP "Cache-Control" response header field with a value of
-# "no-store" in any response containing tokens, credentials, or other sensitive information").
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+__all__ = ["NO_STORE", "OAuthError", "Problem", "TemporarilyUnavailable"]
 
 
-class OAuthError(Exception):
-    """Base class: ``error`` is the RFC error code, ``status`` the HTTP status."""
+class OAuthError(Problem):
+    """An OAuth endpoint's error: ``error`` is the RFC error code, ``status`` the HTTP status."""
 
     error = "server_error"
     status = 400
-
-    def __init__(self, description: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(description)
-        self.description = sanitize(description, 300)
-        self.extra_headers = dict(headers or {})
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.error, "error_description": self.description}
-
-    def response(self) -> web.Response:
-        return web.Response(
-            status=self.status,
-            body=json.dumps(self.body()).encode(),
-            content_type="application/json",
-            headers={**NO_STORE, **self.extra_headers},
-        )
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.error!r}, {self.description!r})"
+    reason: Reason = "oauth_error"
+    description_limit = 300
 
 
 class InvalidRequest(OAuthError):
@@ -96,6 +74,7 @@ class AccessDenied(OAuthError):
 
     error = "access_denied"
     status = 403
+    reason: Reason = "access_denied"
 
 
 class InvalidRedirectUri(OAuthError):
@@ -111,19 +90,15 @@ class ServerError(OAuthError):
     status = 500
 
 
-class TemporarilyUnavailable(OAuthError):
-    """The store or the IdP cannot answer now: 503 + ``Retry-After`` (DESIGN §4); nothing was changed."""
-
-    error = "temporarily_unavailable"
-    status = 503
-
-    def __init__(self, description: str, *, retry_after: int = 2) -> None:
-        super().__init__(description, headers={"Retry-After": str(retry_after)})
+# The store or the IdP cannot answer now: 503 + ``Retry-After`` (DESIGN §4); nothing was changed. The same
+# class as the proxied path's 503.
+TemporarilyUnavailable = Unavailable
 
 
 class RateLimited(OAuthError):
     error = "too_many_requests"
     status = 429
+    reason: Reason = "rate_limited"
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(

@@ -19,7 +19,7 @@ from typing import Final
 
 from aiohttp import web
 
-from sidecar.oauth.errors import NO_STORE, OAuthError
+from sidecar.oauth.errors import NO_STORE, Problem
 
 PAGE_HEADERS: Final = {
     **NO_STORE,
@@ -61,7 +61,7 @@ def wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
-def error_page(request: web.Request, err: OAuthError) -> web.Response:
+def error_page(request: web.Request, err: Problem) -> web.Response:
     """The error as a page for a browser, as RFC 6749 §5.2 JSON for anything else; same status either way."""
     if not wants_html(request):
         return err.response()

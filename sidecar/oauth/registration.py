@@ -31,7 +31,7 @@ from sidecar.oauth.errors import (
     NO_STORE,
     InvalidClientMetadata,
     InvalidRedirectUri,
-    OAuthError,
+    Problem,
     RateLimited,
 )
 from sidecar.store.base import StoreUnavailable
@@ -147,7 +147,7 @@ async def handle(request: web.Request) -> web.Response:
             )
         except StoreUnavailable as exc:
             raise store_down(request, "put_client", exc) from exc
-    except OAuthError as err:
+    except Problem as err:
         response = err.response()
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar.oauth.common import with_params
-from sidecar.oauth.errors import NO_STORE, OAuthError
+from sidecar.oauth.errors import NO_STORE, Problem
 
 REQUEST_FORMAT_VERSION = 1
 
@@ -64,7 +64,7 @@ def redirect_to_client(
 
 
 def error_to_client(
-    redirect_uri: str, state: str | None, err: OAuthError, *, issuer: str, status: int = 302
+    redirect_uri: str, state: str | None, err: Problem, *, issuer: str, status: int = 302
 ) -> web.Response:
     return redirect_to_client(
         redirect_uri,

@@ -21,7 +21,7 @@ from aiohttp import web
 from sidecar.keys import BROKER_AUTH, CREDENTIALS
 from sidecar.oauth.common import secure_equal
 from sidecar.oauth.context import store_down, store_of
-from sidecar.oauth.errors import NO_STORE, InvalidGrant, InvalidRequest, OAuthError
+from sidecar.oauth.errors import NO_STORE, InvalidGrant, InvalidRequest, Problem
 from sidecar.oauth.token import authenticated_client, read_form
 from sidecar.store.base import RecordCorrupt, StoreUnavailable, parse_client_token
 
@@ -54,7 +54,7 @@ async def handle(request: web.Request) -> web.Response:
                 request.app[BROKER_AUTH].forget(token)
             if parsed.kind == "refresh" and CREDENTIALS in request.app:
                 request.app[CREDENTIALS].forget(parsed.grant_id)
-    except OAuthError as err:
+    except Problem as err:
         response = err.response()
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response

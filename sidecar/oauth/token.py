@@ -62,7 +62,7 @@ from sidecar.oauth.errors import (
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
-    OAuthError,
+    Problem,
     RateLimited,
     UnauthorizedClient,
     UnsupportedGrantType,
@@ -158,7 +158,7 @@ async def handle(request: web.Request) -> web.Response:
             body = await _authorization_code(request, client, form)
         else:
             body = await _refresh_token(request, client, form)
-    except OAuthError as err:
+    except Problem as err:
         response = err.response()
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
@@ -222,7 +222,7 @@ async def _authorization_code(request: web.Request, client: Client, form: dict[s
         resource = form.get("resource")
         if resource is not None and code_resource is not None and resource != code_resource:
             raise InvalidTarget("resource differs from the authorization request")
-    except OAuthError:
+    except Problem:
         await _delete_grant(request, grant_id)  # the code is spent; its grant must not linger
         raise
     try:

@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "sidecar",
             "sidecar.config",
+            "sidecar.problems",
             "sidecar.challenge",
             "sidecar.tokens",
             "sidecar.crypto",

@@ -177,7 +177,7 @@ def test_exp_that_is_not_a_json_number_is_malformed(literal: bytes) -> None:
 def test_exp_with_leeway(exp: float | None, nbf: float | None, expired: bool) -> None:
     why = time_problem(exp, nbf, NOW, LEEWAY)
     if expired:
-        assert why is not None and "expired" in why
+        assert why is not None and why.reason == "expired" and "expired" in why.message
     else:
         assert why is None
 
@@ -195,7 +195,7 @@ def test_exp_with_leeway(exp: float | None, nbf: float | None, expired: bool) ->
 def test_nbf_with_leeway(nbf: float, too_early: bool) -> None:
     why = time_problem(NOW + 7200, nbf, NOW, LEEWAY)
     if too_early:
-        assert why is not None and "not valid yet" in why
+        assert why is not None and why.reason == "not_yet_valid" and "not valid yet" in why.message
     else:
         assert why is None
 
