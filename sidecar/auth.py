@@ -22,6 +22,7 @@ from sidecar.tokens import (
     parse_authorization,
     time_problem,
 )
+from sidecar.ttlcache import BoundedCache
 
 if TYPE_CHECKING:
     from sidecar.jwks import JwksVerifier  # PyJWT and cryptography: only when jwks_url is set
@@ -77,7 +78,7 @@ class GateAuthenticator:
         self._required = frozenset(required_scopes)
         self._required_sorted = tuple(sorted(self._required))
         self._verifier = verifier
-        self._cache: dict[str, Inspected] = {}
+        self._cache: BoundedCache[str, Inspected] = BoundedCache(TOKEN_CACHE_ENTRIES)
 
     async def _inspect(self, token: str) -> Inspected:
         found = self._cache.get(token)
@@ -88,9 +89,7 @@ class GateAuthenticator:
             claims = await self._verifier.verify(token, result.header)
             result = Inspected(Kind.JWT, claims, result.header, result.exp, result.nbf)
         if result.kind is Kind.JWT and len(token) <= CACHEABLE_TOKEN_BYTES:
-            if len(self._cache) >= TOKEN_CACHE_ENTRIES:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[token] = result
+            self._cache.put(token, result)  # no deadline: exp/nbf are checked on every request
         return result
 
     async def authenticate(self, authorization: str | None, now: float) -> Identity:

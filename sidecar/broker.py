@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from sidecar.auth import Identity, reject_for
@@ -19,19 +18,15 @@ from sidecar.challenge import InsufficientScope, InvalidToken, ServiceUnavailabl
 from sidecar.idp import IdPUnavailable, IdTokenInvalid, UpstreamIdP
 from sidecar.inject import Context, HeaderTemplates
 from sidecar.metrics import Metrics
-from sidecar.refresh import STORE_RETRY_AFTER_SECONDS, CredentialBroker
+from sidecar.problems import IDP_RETRY_AFTER_SECONDS, STORE_RETRY_AFTER_SECONDS
+from sidecar.refresh import CredentialBroker
 from sidecar.singleflight import SingleFlight
 from sidecar.store.base import AccessTokenInfo, StoreUnavailable, TokenStore, parse_client_token
 from sidecar.tokens import BearerProblem, Kind, inspect, parse_authorization
+from sidecar.ttlcache import BoundedCache
 
 # Distinct client tokens remembered; evicted oldest-first when full.
 TOKEN_CACHE_ENTRIES = 10_000
-
-
-@dataclass(slots=True)
-class _Seen:
-    grant_id: str
-    until: float
 
 
 class BrokerAuthenticator:
@@ -41,19 +36,19 @@ class BrokerAuthenticator:
         self._store = store
         self._metrics = metrics
         self._cache_seconds = cache_seconds
-        self._cache: dict[str, _Seen] = {}
+        self._cache: BoundedCache[str, str] = BoundedCache(TOKEN_CACHE_ENTRIES)  # token -> grant id
         self._lookups: SingleFlight[str, AccessTokenInfo | None] = SingleFlight()
 
     def forget(self, token: str) -> None:
-        self._cache.pop(token, None)
+        self._cache.pop(token)
 
     async def authenticate(self, authorization: str | None, now: float) -> Identity:
         token = parse_authorization(authorization)
         if isinstance(token, BearerProblem):
             raise reject_for(token)
-        seen = self._cache.get(token)
-        if seen is not None and now < seen.until:
-            return Identity(token, Kind.OPAQUE, {}, seen.grant_id)
+        cached_grant = self._cache.get(token, now)
+        if cached_grant is not None:
+            return Identity(token, Kind.OPAQUE, {}, cached_grant)
         parsed = parse_client_token(token)
         if parsed is None or parsed.kind != "access":
             raise InvalidToken("the token was not issued by this server", reason="unknown_token")
@@ -66,13 +61,11 @@ class BrokerAuthenticator:
                 "the credential store is unreachable; try again shortly", retry_after=STORE_RETRY_AFTER_SECONDS
             ) from exc
         if found is None:
-            self._cache.pop(token, None)
+            self._cache.pop(token)
             raise InvalidToken("the access token is unknown, expired or revoked", reason="unknown_token")
         grant_id = found.grant_id
         if self._cache_seconds > 0:
-            if len(self._cache) >= TOKEN_CACHE_ENTRIES:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[token] = _Seen(grant_id, min(now + self._cache_seconds, found.expires_at))
+            self._cache.put(token, grant_id, until=min(now + self._cache_seconds, found.expires_at))
         return Identity(token, Kind.OPAQUE, {}, grant_id)
 
 
@@ -88,15 +81,15 @@ class IdTokenAuthenticator:
         self._idp = idp
         self._metrics = metrics
         self._leeway = leeway
-        self._cache: dict[str, tuple[dict[str, Any], float]] = {}
+        self._cache: BoundedCache[str, dict[str, Any]] = BoundedCache(TOKEN_CACHE_ENTRIES)
 
     async def authenticate(self, authorization: str | None, now: float) -> Identity:
         token = parse_authorization(authorization)
         if isinstance(token, BearerProblem):
             raise reject_for(token)
-        seen = self._cache.get(token)
-        if seen is not None and now < seen[1]:
-            return Identity(token, Kind.JWT, seen[0])
+        seen = self._cache.get(token, now)
+        if seen is not None:
+            return Identity(token, Kind.JWT, seen)
         if inspect(token).kind is not Kind.JWT:
             raise InvalidToken("the token is not an ID token issued for this server", reason="malformed")
         try:
@@ -104,12 +97,12 @@ class IdTokenAuthenticator:
         except IdTokenInvalid as exc:
             raise InvalidToken(str(exc), reason=exc.kind) from None
         except IdPUnavailable as exc:
-            raise ServiceUnavailable("the IdP's signing keys cannot be fetched right now", retry_after=5) from exc
+            raise ServiceUnavailable(
+                "the IdP's signing keys cannot be fetched right now", retry_after=IDP_RETRY_AFTER_SECONDS
+            ) from exc
         exp = claims.get("exp")
         if isinstance(exp, int | float) and not isinstance(exp, bool):
-            if len(self._cache) >= TOKEN_CACHE_ENTRIES:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[token] = (claims, float(exp) + self._leeway)
+            self._cache.put(token, claims, until=float(exp) + self._leeway)
         return Identity(token, Kind.JWT, claims)
 
 

@@ -23,6 +23,7 @@ import aiohttp
 import jwt
 
 from sidecar.challenge import InvalidToken, ServiceUnavailable
+from sidecar.problems import KEYS_RETRY_AFTER_SECONDS
 
 log = logging.getLogger("sidecar.jwks")
 
@@ -85,7 +86,9 @@ class JwksVerifier:
         if not self._keys or self._clock() - self._fetched_at > JWKS_MAX_AGE_SECONDS:
             await self._fetch()
         if not self._keys:
-            raise ServiceUnavailable("the token issuer's signing keys cannot be fetched right now", retry_after=10)
+            raise ServiceUnavailable(
+                "the token issuer's signing keys cannot be fetched right now", retry_after=KEYS_RETRY_AFTER_SECONDS
+            )
         key = self._keys.get(kid) if kid else None
         if key is None and kid is not None:
             await self._fetch()  # rotated keys: refetch (rate-limited)

@@ -50,6 +50,12 @@ Reason = Literal[
 ]
 REASONS: frozenset[str] = frozenset(get_args(Reason))
 
+# Retry-After seconds of each 503, in one place. The store heals fastest (a failover, a reconnect); an IdP
+# that timed out is asked less often; a key set that cannot be fetched is retried on the JWKS refetch interval.
+STORE_RETRY_AFTER_SECONDS = 2
+IDP_RETRY_AFTER_SECONDS = 5
+KEYS_RETRY_AFTER_SECONDS = 10
+
 # RFC 6749 §5.1: "The authorization server MUST include the HTTP "Cache-Control" response header field with a
 # value of "no-store" in any response containing tokens, credentials, or other sensitive information". Every
 # problem answer is per-request state: never cached by anyone.

@@ -29,6 +29,7 @@ import jwt
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.idp import IdPError, IdPRejected, IdPUnavailable, TokenSet, UpstreamIdP
 from sidecar.metrics import Metrics
+from sidecar.problems import IDP_RETRY_AFTER_SECONDS, STORE_RETRY_AFTER_SECONDS
 from sidecar.singleflight import SingleFlight
 from sidecar.store.base import Grant, RecordCorrupt, StoreUnavailable, TokenStore, UpstreamCredentials
 
@@ -38,8 +39,6 @@ log = logging.getLogger("sidecar.refresh")
 # ~0.1 ms, and an IdP round trip takes tens of milliseconds, so this adds little latency and little load.
 LOCK_POLL_SECONDS = 0.05
 # Retry-After for a 503 caused by the IdP: long enough not to hammer a struggling IdP, short for users.
-IDP_RETRY_AFTER_SECONDS = 5
-STORE_RETRY_AFTER_SECONDS = 2
 # Distinct grants whose decrypted credentials are remembered in-process; evicted oldest-first.
 CACHE_ENTRIES = 10_000
 
@@ -172,7 +171,9 @@ class CredentialBroker:
                 got = await self._store.acquire_lock(grant_id, owner, self._lock_ms)
             except StoreUnavailable as exc:
                 self._metrics.store_errors.labels("acquire_lock").inc()
-                raise ServiceUnavailable("the credential store is unreachable", retry_after=2) from exc
+                raise ServiceUnavailable(
+                    "the credential store is unreachable", retry_after=STORE_RETRY_AFTER_SECONDS
+                ) from exc
             if got:
                 try:
                     fresh = await self._refresh_locked(grant_id)

@@ -35,7 +35,7 @@ from sidecar.oauth.errors import (
 )
 from sidecar.oauth.pages import error_page
 from sidecar.oauth.request import AuthorizationRequest, error_to_client, redirect_to_client
-from sidecar.oauth.upstream import IDP_RETRY_AFTER_SECONDS
+from sidecar.problems import IDP_RETRY_AFTER_SECONDS
 from sidecar.store.base import CODE_TTL_SECONDS, RecordCorrupt, StoreUnavailable, UpstreamCredentials, token_hash
 
 log = logging.getLogger("sidecar.oauth.callback")

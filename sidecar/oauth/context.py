@@ -25,10 +25,10 @@ from sidecar.oauth.clients import Client
 from sidecar.oauth.common import Endpoints, default_scopes, supported_scopes
 from sidecar.oauth.errors import TemporarilyUnavailable
 from sidecar.oauth.ratelimit import RateLimiter
+from sidecar.problems import STORE_RETRY_AFTER_SECONDS
 from sidecar.store.base import StoreUnavailable, TokenStore
 
 # Retry-After for a 503 caused by the store (DESIGN §4: the caller should try again shortly).
-STORE_RETRY_AFTER_SECONDS = 2
 
 
 @dataclass

@@ -27,6 +27,7 @@ from sidecar.oauth.common import SECRET_BYTES, s256, with_params
 from sidecar.oauth.context import idp_of, oauth, store_down, store_of
 from sidecar.oauth.errors import NO_STORE, ServerError, TemporarilyUnavailable
 from sidecar.oauth.request import AuthorizationRequest, error_to_client
+from sidecar.problems import IDP_RETRY_AFTER_SECONDS
 from sidecar.providers import detect_provider, offline_access_params
 from sidecar.store.base import PENDING_TTL_SECONDS, StoreUnavailable, token_hash
 
@@ -34,7 +35,6 @@ log = logging.getLogger("sidecar.oauth.upstream")
 
 # The user has this long to finish the IdP's login pages; the state is useless afterwards (DESIGN §5).
 UPSTREAM_STATE_TTL_SECONDS: Final = PENDING_TTL_SECONDS
-IDP_RETRY_AFTER_SECONDS: Final = 5
 
 
 def upstream_authorize_url(

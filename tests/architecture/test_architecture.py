@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "sidecar.tokens",
             "sidecar.crypto",
             "sidecar.singleflight",
+            "sidecar.ttlcache",
             "sidecar.providers",
             "sidecar.logs",
             "sidecar.cors",
@@ -39,7 +40,15 @@ LAYERS: list[tuple[str, list[str]]] = [
 ]
 
 # Modules that decide and never do I/O: no network, storage or clock libraries.
-PURE = ["sidecar.tokens", "sidecar.providers", "sidecar.crypto", "sidecar.config", "sidecar.headers", "sidecar.inject"]
+PURE = [
+    "sidecar.ttlcache",
+    "sidecar.tokens",
+    "sidecar.providers",
+    "sidecar.crypto",
+    "sidecar.config",
+    "sidecar.headers",
+    "sidecar.inject",
+]
 IO_LIBRARIES = {"aiohttp", "redis", "socket", "asyncio", "time", "httptools", "ssl"}
 
 
