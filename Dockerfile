@@ -22,12 +22,18 @@
 #     --entrypoint mcp-auth-sidecar mcp-auth-sidecar:0.1.0 check-config --config /etc/mcp-auth-sidecar/config.yaml
 
 ARG PYTHON_VERSION=3.12
+# Any Debian-like base with python3 (as `python`), pip and venv will do; `make image` builds on a minimal Debian
+# made with debootstrap (no registry but Debian's needed). The default is the public Python image.
+ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
 
 # --- build: compile wheels if a platform lacks them, install into a self-contained virtualenv ---
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${BASE_IMAGE} AS build
 
+# PIP_BREAK_SYSTEM_PACKAGES: a distribution's Python marks itself externally managed (PEP 668); pip only
+# installs uv here, into a build stage that is thrown away.
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1
 
 # Compilers only here: hiredis, uvloop and cryptography ship wheels for amd64/arm64, but not for
 # every platform buildx may target.
@@ -35,7 +41,10 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 
+# UV_SYSTEM_CERTS: trust the build's system certificate store (a corporate proxy's root mounted at
+# /etc/ssl/certs is honoured), as pip and apt do.
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_SYSTEM_CERTS=1 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never
@@ -54,7 +63,7 @@ RUN python -m pip install "uv==$(python -c 'import tomllib; print(next(p["versio
  && /opt/venv/bin/mcp-auth-sidecar --version
 
 # --- runtime: the slim base, the virtualenv, an unprivileged user; no compilers, no pip ---
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="mcp-auth-sidecar" \
       org.opencontainers.image.description="Auth reverse proxy for MCP servers: bearer gate or OAuth broker, streaming" \

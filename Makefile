@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC   := $(UV) sync --locked --all-extras --quiet
 
 .PHONY: run test test-fast unit integration chart lint typecheck bench bench-quick clean redis-server \
-        lock lock-check outdated
+        lock lock-check outdated image
 
 $(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ lock-check: | $(UV)
 # What is behind: the locked version of each package next to the newest its range allows.
 outdated: | $(UV)
 	@$(UV) lock --upgrade --dry-run 2>&1 | grep -E '^(Update|Add|Remove) ' || echo "uv.lock is at the newest versions pyproject.toml allows"
+
+# The container image, built here with no registry but Debian's and PyPI: a debootstrapped Debian base
+# imported with buildah, the Dockerfile built on it (BASE_IMAGE). deploy/image/run.sh runs it read-only.
+image:
+	deploy/image/build.sh localhost/mcp-auth-sidecar:dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

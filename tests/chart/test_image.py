@@ -25,8 +25,10 @@ def test_multi_stage_on_a_slim_python_base() -> None:
     stages = _stages()
     assert len(stages) == 2
     for stage in stages:
-        assert re.match(r"FROM python:\$\{PYTHON_VERSION\}-slim AS \w+", stage)
+        assert re.match(r"FROM \$\{BASE_IMAGE\} AS \w+", stage)
+    # The default base stays the public slim Python image; `make image` passes a debootstrapped Debian.
     assert re.search(r"^ARG PYTHON_VERSION=3\.1[1-9]$", DOCKERFILE, flags=re.MULTILINE)
+    assert re.search(r"^ARG BASE_IMAGE=python:\$\{PYTHON_VERSION\}-slim$", DOCKERFILE, flags=re.MULTILINE)
 
 
 def test_final_stage_has_no_build_tools_and_runs_unprivileged() -> None:
