@@ -108,9 +108,17 @@ async def closes_on_second_request(r, w, s) -> None:
 async def test_reused_connection_dropped_before_any_response_is_retried_once_fresh(serve) -> None:
     server, pool = await serve(closes_on_second_request)
     assert await get(pool) == (200, b"ok")
-    assert await get(pool, "POST", b'{"jsonrpc":"2.0"}') == (200, b"ok")
+    assert await get(pool, "PUT", b'{"jsonrpc":"2.0"}') == (200, b"ok")  # idempotent (RFC 9110 §9.2.2)
     assert server.connections == 2
     assert len(server.requests) == 2  # the dropped attempt was never processed; the retry was, once
+
+
+async def test_a_post_on_a_dropped_reused_connection_is_not_retried(serve) -> None:
+    server, pool = await serve(closes_on_second_request)
+    assert await get(pool) == (200, b"ok")
+    with pytest.raises(BackendDisconnected):
+        await get(pool, "POST", b'{"jsonrpc":"2.0"}')
+    assert server.connections == 1
 
 
 async def test_a_streamed_body_is_not_replayed(serve) -> None:
