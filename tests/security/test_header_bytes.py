@@ -60,3 +60,14 @@ async def test_injected_non_ascii_values_are_sent_as_utf8(
     resp = await client.get("/mcp", headers={"Authorization": f"Bearer {valid(name=name)}"})
     assert resp.status == 200
     assert backend.requests[-1].getall("X-Forwarded-User") == [name.encode("utf-8")]
+
+
+async def test_no_content_type_is_invented_for_a_relayed_body(backend: H11Backend, sidecar_for: SidecarFor) -> None:
+    async def respond(got: Got, index: int) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+    backend.respond = respond
+    client = await sidecar_for(backend)
+    resp = await client.get("/mcp", headers={"Authorization": "Bearer t"})
+    assert (resp.status, await resp.read()) == (200, b"hi")
+    assert "Content-Type" not in resp.headers
