@@ -202,6 +202,8 @@ class _Exchange(asyncio.Protocol):
         self.reason += status.decode("latin-1")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # a chunked body's trailer fields (RFC 9112 §7.1.2): never part of the relayed head
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from sidecar import logs
 from sidecar.app import HEALTH, build_app
@@ -92,6 +93,24 @@ class HeadTimedRequestHandler(RequestHandler):
         self.force_close()
         if transport is not None:
             transport.close()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp's parser refused (bad framing, obs-fold, NUL, ...) is answered 400 with a JSON body
+        like every other client error, not a text page, and logged at debug level: a client must not be able
+        to fill the logs with tracebacks."""
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        reason = (getattr(exc, "message", None) or message or "malformed request").splitlines()[0].strip(" :")
+        log.debug("refused a malformed request: %s", reason[:120])
+        resp = web.json_response({"error": "invalid_request", "error_description": reason[:120]}, status=status)
+        resp.force_close()
+        return resp
 
     def connection_lost(self, exc: BaseException | None) -> None:
         timer = getattr(self, "_head_timer", None)

@@ -41,13 +41,15 @@ def sidecar_for(aiohttp_client: Any) -> SidecarFor:
     return go
 
 
-async def raw_exchange(port: int, data: bytes, *, timeout: float = 3.0) -> bytes:
-    """Send raw bytes to the sidecar, half-close, and read everything it answers until it closes."""
+async def raw_exchange(port: int, data: bytes, *, timeout: float = 3.0, half_close: bool = False) -> bytes:
+    """Send raw bytes to the sidecar (then half-close, if asked) and read everything it answers until it closes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    chunks: list[bytes] = []
     try:
         writer.write(data)
         await writer.drain()
-        chunks: list[bytes] = []
+        if half_close:
+            writer.write_eof()
         async with asyncio.timeout(timeout):
             while chunk := await reader.read(65536):
                 chunks.append(chunk)
@@ -56,3 +58,9 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 3.0) -> bytes
         return b"".join(chunks)
     finally:
         writer.close()
+
+
+@pytest.fixture
+def _sidecars() -> dict[str, Any]:
+    """A place for a hypothesis test to keep the sidecar it started on its first example."""
+    return {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -104,3 +105,18 @@ async def test_keep_alive_requests_each_get_the_full_timeout(backend: H11Backend
             await reader.readexactly(length)
     finally:
         writer.close()
+
+
+async def test_a_malformed_request_gets_a_json_400(backend: H11Backend, start: Start) -> None:
+    port = await start(backend)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\nabcd")
+        answer = await _read_all(reader)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"
+    assert b"application/json" in head
+    assert json.loads(body)["error"] == "invalid_request"
+    assert backend.requests == []

@@ -63,6 +63,7 @@ class H11Backend:
     port: int = 0
     _server: asyncio.Server | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    close_after_answer: bool = False  # close the connection after each answer (close-delimited, truncated)
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -111,6 +112,8 @@ class H11Backend:
                         return
                     writer.write(answer)
                     await writer.drain()
+                    if self.close_after_answer:
+                        return
                     # The answer went out as raw bytes, so h11's own state machine never saw it: the next
                     # request starts on a fresh h11 connection fed with whatever already arrived.
                     leftover, closed = conn.trailing_data
