@@ -56,7 +56,7 @@ def outbound_session(settings: Settings) -> aiohttp.ClientSession:
     )
 
 
-def backend_pool(settings: Settings) -> BackendPool:
+def backend_pool(settings: Settings, metrics: Metrics | None = None) -> BackendPool:
     upstream = settings.upstream_url
     tls = ssl.create_default_context() if upstream.scheme == "https" else None
     return BackendPool(
@@ -64,6 +64,8 @@ def backend_pool(settings: Settings) -> BackendPool:
         upstream.port or (443 if tls else 80),
         connect_timeout=settings.backend_connect_timeout_seconds,
         tls=tls,
+        max_connections=settings.backend_max_connections,
+        metrics=metrics,
     )
 
 
@@ -119,7 +121,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = outbound_session(settings)
     app[SESSION] = session
-    pool = backend_pool(settings)
+    pool = backend_pool(settings, app[METRICS])
     verifier = None
     templates = header_templates(settings)
     authenticator: Authenticator
@@ -185,6 +187,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         public_scheme=settings.public.scheme,
         strip=templates.names,
         forward_authorization=settings.forward_client_token_effective,
+        trusted_proxies=settings.trusted_proxies,
     )
     app[PROXY] = Proxy(
         pool=pool,

@@ -67,6 +67,8 @@ class Settings(BaseModel):
     trusted_proxies: list[str] = Field(default_factory=list)
     backend_connect_timeout_seconds: float = Field(5, gt=0, le=600)
     backend_timeout_seconds: float = Field(30, gt=0, le=86400)
+    backend_max_connections: int = Field(100, ge=1, le=100000)
+    request_header_timeout_seconds: float = Field(10, gt=0, le=3600)
     token_cache_seconds: float = Field(2, ge=0, le=60)
 
     # --- broker engine: store, secrets, refresh, injection ---

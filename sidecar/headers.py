@@ -9,10 +9,16 @@
 * Injected names are stripped from what the client sent before injection, matching case-insensitively and
   treating ``_`` and ``-`` alike (some servers fold one into the other, which would let a client smuggle
   ``X_Forwarded_User`` past a case-only comparison).
+* Forwarding headers are the sidecar's: every client-sent ``Forwarded`` (RFC 7239), ``X-Real-IP`` and
+  ``X-Forwarded-*``, in any case and with ``_`` for ``-``, is removed, and the sidecar sets its own
+  ``X-Forwarded-For`` (the peer), ``X-Forwarded-Proto`` (the public URL's scheme) and ``X-Forwarded-Host``.
+  Only when the peer is in ``trusted_proxies`` is the incoming ``X-Forwarded-For`` and ``Forwarded`` chain kept
+  and extended with the peer (RFC 7239 §4: each proxy appends its own element).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -32,7 +38,10 @@ HOP_BY_HOP = frozenset(
 )
 # Set by the sidecar itself on the way to the backend; client copies are replaced, not trusted. Message
 # framing (Content-Length, Expect) belongs to the connection that carries the body, so it is set anew too.
-_REWRITTEN = frozenset({"host", "origin", "x-forwarded-proto", "x-forwarded-host", "content-length", "expect"})
+_REWRITTEN = frozenset({"host", "origin", "content-length", "expect"})
+# Client-sent forwarding headers (besides every name starting with ``x-forwarded``) never reach the backend.
+_FORWARDING = frozenset({"forwarded", "x-real-ip"})
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def normalize(name: str) -> str:
@@ -58,6 +67,7 @@ class RequestHeaderPolicy:
         public_scheme: str,
         strip: Iterable[str] = (),
         forward_authorization: bool = True,
+        trusted_proxies: Iterable[str] = (),
     ) -> None:
         drop = set(HOP_BY_HOP) | _REWRITTEN | {normalize(n) for n in strip}
         if not forward_authorization:
@@ -66,6 +76,21 @@ class RequestHeaderPolicy:
         self._backend_host = backend_host
         self._backend_origin = backend_origin
         self._public_scheme = public_scheme
+        self._trusted: tuple[_Network, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
+        self._trusted_peers: dict[str, bool] = {}
+
+    def _is_trusted(self, remote: str) -> bool:
+        known = self._trusted_peers.get(remote)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(remote)
+                known = any(ip in net for net in self._trusted)
+            except ValueError:
+                known = False
+            if len(self._trusted_peers) > 1024:  # peers are proxies and pods: a handful, but stay bounded
+                self._trusted_peers.clear()
+            self._trusted_peers[remote] = known
+        return known
 
     def build(
         self,
@@ -81,20 +106,25 @@ class RequestHeaderPolicy:
         out: CIMultiDict[str] = CIMultiDict()
         for name, value in src.items():
             key = name.lower()
-            if key in drop or ("_" in key and key.replace("_", "-") in drop):
+            if "_" in key:
+                key = key.replace("_", "-")
+            if key in drop or key in _FORWARDING or key.startswith("x-forwarded"):
                 continue
-            if key == "x-forwarded-for":
-                continue  # re-added below with the peer appended
             out.add(name, value)
         out["Host"] = self._backend_host
         if "Origin" in src:
             # An SDK server bound to localhost rejects foreign origins; the sidecar already checked this one.
             out["Origin"] = self._backend_origin
-        prior = src.getall("X-Forwarded-For", ())
-        if remote:
+        if self._trusted and remote and self._is_trusted(remote):
+            # A trusted hop's chain is kept and extended by the hop itself (RFC 7239 §4, de-facto XFF).
+            prior = src.getall("X-Forwarded-For", ())
             out["X-Forwarded-For"] = ", ".join([*prior, remote])
-        elif prior:
-            out["X-Forwarded-For"] = ", ".join(prior)
+            forwarded = src.getall("Forwarded", ())
+            if forwarded:
+                node = f'"[{remote}]"' if ":" in remote else remote
+                out["Forwarded"] = ", ".join([*forwarded, f"for={node}"])
+        elif remote:
+            out["X-Forwarded-For"] = remote
         out["X-Forwarded-Proto"] = self._public_scheme
         host = src.get("Host")
         if host:

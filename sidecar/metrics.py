@@ -61,6 +61,12 @@ class Metrics:
             "mcp_sidecar_open_streams", "Responses currently streaming (SSE and other unsized bodies).",
             registry=r, multiprocess_mode="livesum",
         )
+        self.backend_connections = Gauge(
+            "mcp_sidecar_backend_connections",
+            "Connections to the MCP server: open (busy or idle), and requests waiting for one "
+            "(at backend_max_connections).",
+            ["state"], registry=r, multiprocess_mode="livesum",
+        )
         self._status_children: dict[int, Counter] = {}
         self._reason_children: dict[str, Counter] = {}
 

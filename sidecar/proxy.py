@@ -25,9 +25,12 @@ from sidecar.backend import (
     BackendDisconnected,
     BackendError,
     BackendPool,
+    BackendPoolExhausted,
     BackendProtocolError,
+    BackendRequestMismatch,
     BackendResponse,
     Body,
+    UnrepresentableHeader,
 )
 from sidecar.challenge import (
     AuthProblem,
@@ -55,6 +58,8 @@ def _translate(exc: BaseException, headers_timeout: float) -> HTTPProblem:
     """Backend failures become the answers MCP clients act on, in this one place."""
     if isinstance(exc, BackendConnectTimeout):
         return GatewayTimeout("the MCP server did not accept the connection in time")
+    if isinstance(exc, BackendPoolExhausted):
+        return GatewayTimeout("every connection to the MCP server stayed busy (backend_max_connections)")
     if isinstance(exc, TimeoutError):
         return GatewayTimeout(f"the MCP server did not answer within {headers_timeout:g} s")
     if isinstance(exc, BackendConnectError):
@@ -62,7 +67,9 @@ def _translate(exc: BaseException, headers_timeout: float) -> HTTPProblem:
     if isinstance(exc, BackendDisconnected):
         return BadGateway("the MCP server closed the connection before answering")
     if isinstance(exc, BackendProtocolError):
-        return BadGateway("the MCP server sent an invalid HTTP response")
+        return BadGateway(f"the MCP server sent an invalid HTTP response: {exc}")
+    if isinstance(exc, BackendRequestMismatch):
+        return BadGateway("the request body did not match its declared length; nothing more was sent")
     return BadGateway("the MCP server connection failed")
 
 
@@ -166,6 +173,8 @@ class Proxy:
                 content_length=length,
                 headers_timeout=self._headers_timeout,
             )
+        except UnrepresentableHeader as exc:
+            raise BadRequest(f"a request header cannot be relayed: {exc}") from None
         except (BackendError, TimeoutError) as exc:
             problem = _translate(exc, self._headers_timeout)
             self._metrics.backend_errors.labels(_error_kind(problem)).inc()
@@ -198,12 +207,14 @@ class Proxy:
                 problem = _translate(exc, self._headers_timeout)
                 self._metrics.backend_errors.labels("broken_body").inc()
                 raise problem from None
-            resp = web.Response(status=status, reason=backend.reason, headers=headers)
+            resp = _Relayed(status=status, reason=backend.reason, headers=headers)
+            resp.untyped = "Content-Type" not in headers
             if body:
                 resp.body = body
             return self._finish(resp, started)
 
-        out = web.StreamResponse(status=status, reason=backend.reason, headers=headers)
+        out = _RelayedStream(status=status, reason=backend.reason, headers=headers)
+        out.untyped = "Content-Type" not in headers
         if length is not None:
             out.content_length = length
         await out.prepare(request)
@@ -225,3 +236,25 @@ class Proxy:
             self._metrics.open_streams.dec()
         await out.write_eof()
         return out
+
+
+
+class _Relayed(web.Response):
+    """A relayed answer. aiohttp adds ``Content-Type: application/octet-stream`` to a body without one; the
+    backend's headers are relayed as they are, so when the backend sent none, that default is taken out."""
+
+    untyped = False
+
+    async def _write_headers(self) -> None:
+        if self.untyped:
+            self._headers.popall("Content-Type", None)
+        await super()._write_headers()
+
+
+class _RelayedStream(web.StreamResponse):
+    untyped = False
+
+    async def _write_headers(self) -> None:
+        if self.untyped:
+            self._headers.popall("Content-Type", None)
+        await super()._write_headers()

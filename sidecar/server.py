@@ -15,8 +15,11 @@ import os
 import signal
 import time
 from multiprocessing.process import BaseProcess
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from sidecar import logs
 from sidecar.app import build_app
@@ -47,9 +50,103 @@ def _install_uvloop() -> bool:
     return True
 
 
-def _runner(app: web.Application) -> web.AppRunner:
-    return web.AppRunner(
+# The answer to a request head that did not arrive in time (RFC 9110 §15.5.9), then the connection closes.
+_HEAD_TIMEOUT_BODY = b'{"error": "request_timeout", "error_description": "the request head did not arrive in time"}'
+_HEAD_TIMEOUT_ANSWER = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_HEAD_TIMEOUT_BODY), _HEAD_TIMEOUT_BODY)
+)
+
+
+class HeadTimedRequestHandler(RequestHandler):
+    """aiohttp's connection protocol plus the timer it lacks: a request head must be complete within
+    ``request_header_timeout_seconds`` of the connection opening or of its first byte (slowloris defence, as
+    nginx's ``client_header_timeout``). Costs nothing per request whose head arrives in one segment."""
+
+    head_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._head_armed_at = self._request_count
+        self._head_timer = self._loop.call_later(self.head_timeout, self._head_overdue)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+        elif self._head_timer is None and self._current_request is None and not self._messages:
+            self._arm()  # bytes with no request in progress: the start of a new head
+
+    def _head_overdue(self) -> None:
+        self._head_timer = None
+        if self._request_count != self._head_armed_at or self._current_request is not None or self._messages:
+            return  # a head completed meanwhile (the bytes were a body): nothing is overdue
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_HEAD_TIMEOUT_ANSWER)
+        self.force_close()
+        if transport is not None:
+            transport.close()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request aiohttp's parser refused (bad framing, obs-fold, NUL, ...) is answered 400 with a JSON body
+        like every other client error, not a text page, and logged at debug level: a client must not be able
+        to fill the logs with tracebacks."""
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        reason = (getattr(exc, "message", None) or message or "malformed request").splitlines()[0].strip(" :")
+        log.debug("refused a malformed request: %s", reason[:120])
+        resp = web.json_response({"error": "invalid_request", "error_description": reason[:120]}, status=status)
+        resp.force_close()
+        return resp
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
+        super().connection_lost(exc)
+
+
+class _HeadTimedServer(web.Server):
+    head_timeout = 10.0
+
+    def __call__(self) -> RequestHandler:
+        handler = HeadTimedRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.head_timeout = self.head_timeout
+        return handler
+
+
+class SidecarRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections time out an incomplete request head."""
+
+    def __init__(self, app: web.Application, *, request_header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._head_timeout = request_header_timeout
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _HeadTimedServer  # same state, one overridden method: the protocol factory
+        cast(_HeadTimedServer, server).head_timeout = self._head_timeout
+        return server
+
+
+def _runner(app: web.Application, request_header_timeout: float = 10.0) -> web.AppRunner:
+    return SidecarRunner(
         app,
+        request_header_timeout=request_header_timeout,
         handle_signals=False,
         access_log=None,
         handler_cancellation=True,  # a client that disconnects cancels the backend call at once
@@ -70,7 +167,7 @@ async def _wait_for_signal() -> None:
 async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, worker: int | None = None) -> None:
     metrics = Metrics()
     app = build_app(settings, metrics)
-    runner = _runner(app)
+    runner = _runner(app, settings.request_header_timeout_seconds)
     await runner.setup()
     host, port = parse_host_port(settings.listen)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)

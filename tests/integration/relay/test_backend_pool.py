@@ -11,8 +11,11 @@ from sidecar.backend import (
     READ_HIGH_WATER,
     BackendDisconnected,
     BackendPool,
+    BackendPoolExhausted,
     BackendProtocolError,
+    BackendRequestMismatch,
 )
+from sidecar.metrics import Metrics
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Server"], Awaitable[None]]
 
@@ -108,9 +111,17 @@ async def closes_on_second_request(r, w, s) -> None:
 async def test_reused_connection_dropped_before_any_response_is_retried_once_fresh(serve) -> None:
     server, pool = await serve(closes_on_second_request)
     assert await get(pool) == (200, b"ok")
-    assert await get(pool, "POST", b'{"jsonrpc":"2.0"}') == (200, b"ok")
+    assert await get(pool, "PUT", b'{"jsonrpc":"2.0"}') == (200, b"ok")  # idempotent (RFC 9110 §9.2.2)
     assert server.connections == 2
     assert len(server.requests) == 2  # the dropped attempt was never processed; the retry was, once
+
+
+async def test_a_post_on_a_dropped_reused_connection_is_not_retried(serve) -> None:
+    server, pool = await serve(closes_on_second_request)
+    assert await get(pool) == (200, b"ok")
+    with pytest.raises(BackendDisconnected):
+        await get(pool, "POST", b'{"jsonrpc":"2.0"}')
+    assert server.connections == 1
 
 
 async def test_a_streamed_body_is_not_replayed(serve) -> None:
@@ -202,3 +213,117 @@ async def test_garbage_is_a_protocol_error(serve) -> None:
     _, pool = await serve(handler)
     with pytest.raises(BackendProtocolError):
         await get(pool)
+
+
+async def test_a_close_delimited_response_ends_cleanly_at_the_close(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        w.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ")
+        await w.drain()
+        w.write(b"part two")
+        await w.drain()
+        w.close()
+
+    _, pool = await serve(handler)
+    assert await get(pool) == (200, b"part one, part two")
+
+
+async def test_a_head_response_lets_its_connection_be_reused(serve) -> None:
+    async def handler(r, w, s):
+        while True:
+            req = await s.read_request(r)
+            if req.startswith(b"HEAD"):
+                w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            else:
+                w.write(OK)
+
+    server, pool = await serve(handler)
+    assert await get(pool, "HEAD") == (200, b"")
+    assert await get(pool) == (200, b"ok")
+    assert await get(pool, "HEAD") == (200, b"")
+    assert server.connections == 1
+
+
+async def test_the_headers_timeout_starts_after_the_upload(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        w.write(OK)
+
+    _, pool = await serve(handler)
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            await asyncio.sleep(0.15)  # 0.6 s of upload against a 0.3 s headers timeout
+            yield b"x" * 10
+
+    resp = await pool.request(
+        "POST", "/mcp", [("Host", "x")], slow_body().__aiter__(), content_length=40, headers_timeout=0.3
+    )
+    assert (resp.status, await resp.read()) == (200, b"ok")
+    resp.release()
+
+
+async def test_a_body_longer_or_shorter_than_declared_is_never_sent_on(serve) -> None:
+    async def handler(r, w, s):
+        while True:
+            await s.read_request(r)
+            w.write(OK)
+
+    _, pool = await serve(handler)
+    for parts, declared in (([b"12345", b"678"], 5), ([b"123"], 5)):
+
+        async def body(parts: list[bytes] = parts) -> AsyncIterator[bytes]:
+            for p in parts:
+                yield p
+
+        with pytest.raises(BackendRequestMismatch):
+            await pool.request(
+                "POST", "/mcp", [("Host", "x")], body().__aiter__(), content_length=declared, headers_timeout=2
+            )
+    assert pool.open_connections == 0  # closed, never pooled
+
+
+async def test_connections_are_capped_and_waiters_served_in_turn(serve) -> None:
+    release = asyncio.Event()
+
+    async def handler(r, w, s):
+        while True:
+            await s.read_request(r)
+            await release.wait()
+            w.write(OK)
+            await w.drain()
+
+    server, _ = await serve(handler)
+    metrics = Metrics()
+    pool = BackendPool("127.0.0.1", server.port, connect_timeout=2, max_connections=2, metrics=metrics)
+    try:
+        tasks = [asyncio.create_task(get(pool)) for _ in range(5)]
+        for _ in range(200):
+            if metrics.registry.get_sample_value("mcp_sidecar_backend_connections", {"state": "waiting"}) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert metrics.registry.get_sample_value("mcp_sidecar_backend_connections", {"state": "waiting"}) == 3
+        assert metrics.registry.get_sample_value("mcp_sidecar_backend_connections", {"state": "open"}) == 2
+        release.set()
+        assert await asyncio.gather(*tasks) == [(200, b"ok")] * 5
+        assert server.connections == 2
+        assert metrics.registry.get_sample_value("mcp_sidecar_backend_connections", {"state": "waiting"}) == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_full_pool_answers_in_bounded_time(serve) -> None:
+    async def handler(r, w, s):
+        await s.read_request(r)
+        await asyncio.sleep(5)
+
+    server, _ = await serve(handler)
+    pool = BackendPool("127.0.0.1", server.port, connect_timeout=0.3, max_connections=1)
+    try:
+        first = asyncio.create_task(get(pool))
+        await asyncio.sleep(0.05)
+        with pytest.raises(BackendPoolExhausted):
+            await get(pool)
+        first.cancel()
+    finally:
+        await pool.close()
