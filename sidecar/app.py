@@ -141,7 +141,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 )
             from sidecar.store import open_store
 
-            app[STORE] = open_store(settings, keyring)
+            acks = app[METRICS].replica_ack_timeouts
+            app[STORE] = open_store(settings, keyring, on_replica_ack_timeout=acks.inc)
             owned_store = True
         store = app[STORE]
         if IDP not in app:

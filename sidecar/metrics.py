@@ -54,6 +54,11 @@ class Metrics:
             "mcp_sidecar_store_errors_total", "Store operations that failed, by operation.", ["operation"],
             registry=r,
         )
+        self.replica_ack_timeouts = Counter(
+            "mcp_sidecar_store_replica_ack_timeouts_total",
+            "Rotated tokens written to Redis that no replica acknowledged in time (WAIT; the request went on).",
+            registry=r,
+        )
         self.backend_errors = Counter(
             "mcp_sidecar_backend_errors_total", "Backend failures, by kind.", ["kind"], registry=r
         )
