@@ -66,6 +66,31 @@ class Metrics:
             "mcp_sidecar_open_streams", "Responses currently streaming (SSE and other unsized bodies).",
             registry=r, multiprocess_mode="livesum",
         )
+        # OAuth (broker mode), each by outcome: "ok"-like words for success, else the RFC 6749 error code.
+        self.oauth_registrations = Counter(
+            "mcp_sidecar_oauth_registrations_total", "Dynamic client registrations, by outcome.", ["outcome"],
+            registry=r,
+        )
+        self.oauth_consents = Counter(
+            "mcp_sidecar_oauth_consents_total", "Consent decisions posted, by outcome.", ["outcome"], registry=r
+        )
+        self.oauth_logins = Counter(
+            "mcp_sidecar_oauth_logins_total", "Upstream logins returning to the callback, by outcome.", ["outcome"],
+            registry=r,
+        )
+        self.oauth_token_grants = Counter(
+            "mcp_sidecar_oauth_token_grants_total", "Token endpoint requests, by grant type and outcome.",
+            ["grant_type", "outcome"], registry=r,
+        )
+        self.oauth_refresh_reuse = Counter(
+            "mcp_sidecar_oauth_refresh_reuse_total",
+            "Rotated refresh tokens presented again: replayed (within the grace) or revoked (theft).", ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "mcp_sidecar_rate_limited_total", "Requests answered 429 by the OAuth rate limit, by endpoint.",
+            ["endpoint"], registry=r,
+        )
         self._status_children: dict[int, Counter] = {}
         self._reason_children: dict[str, Counter] = {}
 

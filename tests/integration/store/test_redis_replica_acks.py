@@ -34,7 +34,8 @@ REDIS_TIMEOUT = 4.0  # the ack timeout is min(1 s, half of this)
 
 
 def creds(tag: str) -> UpstreamCredentials:
-    return UpstreamCredentials(access_token=f"at-{tag}", refresh_token=f"rt-{tag}", access_expires_at=time.time() + 3600)
+    expires = time.time() + 3600
+    return UpstreamCredentials(access_token=f"at-{tag}", refresh_token=f"rt-{tag}", access_expires_at=expires)
 
 
 @pytest.fixture
@@ -74,7 +75,8 @@ async def test_a_rotation_waits_for_the_replica(master_and_replica: tuple[RedisS
          "redis_timeout_seconds": REDIS_TIMEOUT, "redis_min_replica_acks": 1}
     )  # fmt: skip
     assert settings.redis_min_replica_acks_effective == 1
-    store = connect(settings, KeyRing([(CONTRACT_KID, CONTRACT_KEY)]), on_replica_ack_timeout=lambda: timeouts.append(1))
+    ring = KeyRing([(CONTRACT_KID, CONTRACT_KEY)])
+    store = connect(settings, ring, on_replica_ack_timeout=lambda: timeouts.append(1))
     assert replica.process is not None
     try:
         grant = await store.create_grant(subject="u", client_id="c", scopes=[], claims={}, upstream=creds("0"))
