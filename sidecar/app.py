@@ -154,6 +154,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             skew=settings.refresh_skew_seconds,
             lock_seconds=settings.refresh_lock_seconds,
             cache_seconds=settings.token_cache_seconds,
+            max_concurrency=settings.idp_max_concurrency,
+            slot_timeout=settings.idp_timeout_seconds,
         )
         authenticator = app[BROKER_AUTH] = BrokerAuthenticator(
             store=store, metrics=app[METRICS], cache_seconds=settings.token_cache_seconds
