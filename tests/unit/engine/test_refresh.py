@@ -244,7 +244,8 @@ async def test_waiting_past_the_idp_timeout_for_a_slot_is_a_503_not_a_pile_up(st
     assert metrics.registry.get_sample_value("mcp_sidecar_upstream_refreshes_total", {"outcome": "failed"}) == 4
     # A grant whose current token is still valid keeps working while it waits in vain.
     fresh_enough = await expired_grant(store, exp_in=30)  # inside the skew: wants a refresh, still usable
-    blocker = [asyncio.ensure_future(b.current(g.grant_id)) for g in grants[:2]]
+    busy = [await expired_grant(store) for _ in range(2)]
+    blocker = [asyncio.ensure_future(b.current(g.grant_id)) for g in busy]
     await asyncio.sleep(0.05)
     kept = await b.current(fresh_enough.grant_id)
     assert kept.upstream.access_token == "up-at-0"
