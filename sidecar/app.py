@@ -143,7 +143,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 )
             from sidecar.store import open_store
 
-            app[STORE] = open_store(settings, keyring)
+            acks = app[METRICS].replica_ack_timeouts
+            app[STORE] = open_store(settings, keyring, on_replica_ack_timeout=acks.inc)
             owned_store = True
         store = app[STORE]
         if IDP not in app:
@@ -155,6 +156,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             skew=settings.refresh_skew_seconds,
             lock_seconds=settings.refresh_lock_seconds,
             cache_seconds=settings.token_cache_seconds,
+            max_concurrency=settings.idp_max_concurrency,
+            slot_timeout=settings.idp_timeout_seconds,
         )
         authenticator = app[BROKER_AUTH] = BrokerAuthenticator(
             store=store, metrics=app[METRICS], cache_seconds=settings.token_cache_seconds

@@ -53,6 +53,8 @@ class Settings(BaseModel):
     public_url: str | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    shutdown_delay_seconds: float = Field(5, ge=0, le=600)
+    shutdown_timeout_seconds: float = Field(25, ge=0, le=3600)
 
     # --- gate: bearer checks ---
     authorization_servers: list[str] = Field(default_factory=list)
@@ -81,12 +83,14 @@ class Settings(BaseModel):
     redis_password: SecretStr | None = None
     redis_tls: bool = False
     redis_timeout_seconds: float = Field(2, gt=0, le=60)
+    redis_min_replica_acks: int | None = Field(None, ge=0, le=16)  # default: 1 with Sentinel/Cluster, else 0
     key_prefix: str = Field("mcpsc", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     record_grace_seconds: int = Field(86400, ge=0)
     encryption_keys: SecretStr | None = None
     refresh_skew_seconds: float = Field(60, ge=0, le=3600)
     idp_timeout_seconds: float = Field(10, gt=0, le=300)
     refresh_lock_seconds: float = Field(15, gt=0, le=600)
+    idp_max_concurrency: int = Field(16, ge=1, le=4096)
     inject_headers: dict[str, str] | None = None  # default depends on mode
 
     # --- broker front door: OAuth authorization server ---
@@ -139,6 +143,14 @@ class Settings(BaseModel):
         if self.forward_client_token is None:
             return self.mode == "gate"
         return self.forward_client_token
+
+    @property
+    def redis_min_replica_acks_effective(self) -> int:
+        """Replicas that must acknowledge a rotated upstream token before the refresh returns (Redis ``WAIT``):
+        1 where the deployment has replicas to fail over to (Sentinel, Cluster), 0 for a standalone server."""
+        if self.redis_min_replica_acks is not None:
+            return self.redis_min_replica_acks
+        return 0 if self.redis_mode == "standalone" else 1
 
     @property
     def public(self) -> URL:
@@ -520,4 +532,5 @@ def describe(settings: Settings) -> dict[str, Any]:
         else:
             out[key] = value
     out["forward_client_token"] = settings.forward_client_token_effective
+    out["redis_min_replica_acks"] = settings.redis_min_replica_acks_effective
     return out

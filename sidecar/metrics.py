@@ -54,6 +54,11 @@ class Metrics:
             "mcp_sidecar_store_errors_total", "Store operations that failed, by operation.", ["operation"],
             registry=r,
         )
+        self.replica_ack_timeouts = Counter(
+            "mcp_sidecar_store_replica_ack_timeouts_total",
+            "Rotated tokens written to Redis that no replica acknowledged in time (WAIT; the request went on).",
+            registry=r,
+        )
         self.backend_errors = Counter(
             "mcp_sidecar_backend_errors_total", "Backend failures, by kind.", ["kind"], registry=r
         )
@@ -66,6 +71,31 @@ class Metrics:
             "Connections to the MCP server: open (busy or idle), and requests waiting for one "
             "(at backend_max_connections).",
             ["state"], registry=r, multiprocess_mode="livesum",
+        )
+        # OAuth (broker mode), each by outcome: "ok"-like words for success, else the RFC 6749 error code.
+        self.oauth_registrations = Counter(
+            "mcp_sidecar_oauth_registrations_total", "Dynamic client registrations, by outcome.", ["outcome"],
+            registry=r,
+        )
+        self.oauth_consents = Counter(
+            "mcp_sidecar_oauth_consents_total", "Consent decisions posted, by outcome.", ["outcome"], registry=r
+        )
+        self.oauth_logins = Counter(
+            "mcp_sidecar_oauth_logins_total", "Upstream logins returning to the callback, by outcome.", ["outcome"],
+            registry=r,
+        )
+        self.oauth_token_grants = Counter(
+            "mcp_sidecar_oauth_token_grants_total", "Token endpoint requests, by grant type and outcome.",
+            ["grant_type", "outcome"], registry=r,
+        )
+        self.oauth_refresh_reuse = Counter(
+            "mcp_sidecar_oauth_refresh_reuse_total",
+            "Rotated refresh tokens presented again: replayed (within the grace) or revoked (theft).", ["outcome"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "mcp_sidecar_rate_limited_total", "Requests answered 429 by the OAuth rate limit, by endpoint.",
+            ["endpoint"], registry=r,
         )
         self._status_children: dict[int, Counter] = {}
         self._reason_children: dict[str, Counter] = {}

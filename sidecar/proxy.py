@@ -11,6 +11,7 @@ a read timeout on a response body (SSE streams may idle for hours between ``:`` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -104,6 +105,18 @@ class Proxy:
         self._headers_timeout = headers_timeout
         self._resolver = resolver
         self._clock = clock
+        # Handler tasks relaying a response body right now, and those told to end it (graceful shutdown).
+        self._streams: set[asyncio.Task[object]] = set()
+        self._ending: set[asyncio.Task[object]] = set()
+
+    def end_streams(self) -> int:
+        """End every open response stream cleanly, with the chunked terminator, so that clients see a complete
+        response and resume (SSE: a new GET with ``Last-Event-ID``) on another replica. Called at the end of a
+        graceful shutdown; returns how many streams were told to end."""
+        for task in self._streams:
+            self._ending.add(task)
+            task.cancel()
+        return len(self._streams)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -220,9 +233,17 @@ class Proxy:
         await out.prepare(request)
         self._finish(out, started)
         self._metrics.open_streams.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
         try:
             async for chunk in backend.iter_chunks():
                 await out.write(chunk)
+        except asyncio.CancelledError:
+            # Only a stream ended by end_streams() finishes normally; a sized body cut short would be a lie.
+            if task is None or task not in self._ending or length is not None:
+                raise
+            task.uncancel()
         except BackendError as exc:
             # Headers are gone already: the only honest signal left is a truncated stream.
             self._metrics.backend_errors.labels("broken_stream").inc()
@@ -234,6 +255,9 @@ class Proxy:
             return out  # the client went away; the finally in _relay closes the backend side
         finally:
             self._metrics.open_streams.dec()
+            if task is not None:
+                self._streams.discard(task)
+                self._ending.discard(task)
         await out.write_eof()
         return out
 

@@ -38,6 +38,9 @@ log = logging.getLogger("sidecar.refresh")
 # Waiters poll the grant record this often while another replica holds the refresh lock: a Redis read is
 # ~0.1 ms, and an IdP round trip takes tens of milliseconds, so this adds little latency and little load.
 LOCK_POLL_SECONDS = 0.05
+# Defaults of idp_max_concurrency and idp_timeout_seconds (the settings pass their own values).
+DEFAULT_IDP_MAX_CONCURRENCY = 16
+DEFAULT_IDP_TIMEOUT_SECONDS = 10.0
 # Retry-After for a 503 caused by the IdP: long enough not to hammer a struggling IdP, short for users.
 # Distinct grants whose decrypted credentials are remembered in-process; evicted oldest-first.
 CACHE_ENTRIES = 10_000
@@ -99,9 +102,15 @@ class CredentialBroker:
         skew: float,
         lock_seconds: float,
         cache_seconds: float,
+        max_concurrency: int = DEFAULT_IDP_MAX_CONCURRENCY,
+        slot_timeout: float = DEFAULT_IDP_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        # At most this many refreshes talk to the IdP at once (idp_max_concurrency): when a thousand grants
+        # expire together, the IdP sees a steady trickle, not a burst it answers with 429s or falls over from.
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slot_timeout = slot_timeout
         self._idp = idp
         self._metrics = metrics
         self._skew = skew
@@ -163,6 +172,21 @@ class CredentialBroker:
         return await self._refreshes.do(grant_id, lambda: self._refresh(grant_id))
 
     async def _refresh(self, grant_id: str) -> Grant:
+        # The slot is taken before the refresh lock, so the lock's TTL covers only the IdP call itself.
+        try:
+            async with asyncio.timeout(self._slot_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            grant = await self._read(grant_id)
+            if grant is None or grant.upstream is None:
+                raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
+            return self._fallback(grant, self._clock(), "too many upstream refreshes are waiting for the IdP")
+        try:
+            return await self._refresh_slot(grant_id)
+        finally:
+            self._slots.release()
+
+    async def _refresh_slot(self, grant_id: str) -> Grant:
         owner = secrets.token_hex(8)
         deadline = time.monotonic() + self._lock_seconds + 1.0
         waited = False

@@ -2,13 +2,27 @@
 
 ``workers: 1`` serves the proxy and the metrics port in one process. ``workers: N`` forks N workers that each
 bind the port with ``SO_REUSEPORT`` (the kernel spreads connections), while the supervising process serves
-the merged metrics of all workers and restarts a worker that dies.
+the merged metrics of all workers and restarts a worker that dies. A worker dies with its supervisor, even
+when the supervisor is killed outright (``PR_SET_PDEATHSIG``): no orphan keeps the port.
+
+Graceful stop, on ``SIGTERM`` (or ``SIGINT``), in this order:
+
+1. ``/readyz`` answers 503 at once, so Kubernetes takes the pod out of the Service's endpoints;
+2. requests keep being served for ``shutdown_delay_seconds`` (the endpoint removal travels to every node's
+   proxy and to ingress controllers meanwhile; a request that still arrives must not be refused);
+3. the listener closes; requests in flight get up to ``shutdown_timeout_seconds`` to finish;
+4. response streams still open then (SSE) are ended cleanly, with the chunked terminator, so their clients
+   see a complete response and resume elsewhere with ``Last-Event-ID``; what is left after
+   ``STREAM_END_GRACE_SECONDS`` more is cancelled.
+
+The chart's ``terminationGracePeriodSeconds`` covers the sum (see ``grace_period_seconds``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -24,7 +38,7 @@ from aiohttp.web_request import BaseRequest
 from sidecar import logs
 from sidecar.app import build_app
 from sidecar.config import Settings, parse_host_port
-from sidecar.keys import HEALTH
+from sidecar.keys import HEALTH, PROXY
 from sidecar.metrics import Metrics, exposition_registry, metrics_app
 
 log = logging.getLogger("sidecar.server")
@@ -33,9 +47,13 @@ log = logging.getLogger("sidecar.server")
 # 431 by the bearer check; the parser itself refuses lines beyond these (400) before any handler runs.
 MAX_FIELD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 16 * 1024
-# On SIGTERM: stop accepting, let in-flight requests finish for up to this long (Kubernetes' default
-# terminationGracePeriodSeconds is 30 s; leave it room), then close what is left (long SSE streams).
-SHUTDOWN_GRACE_SECONDS = 20.0
+# After open streams were ended at the end of shutdown_timeout_seconds: time for their last bytes and the
+# chunked terminator to reach the client before whatever is still running is cancelled.
+STREAM_END_GRACE_SECONDS = 2.0
+# A supervisor waits this much longer than its workers' own drain before it kills one that hangs.
+SUPERVISOR_MARGIN_SECONDS = 3.0
+# prctl(2) option: the signal the kernel sends this process when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 # A worker that dies is restarted, but not faster than this, so a crash loop does not spin the CPU.
 WORKER_RESTART_DELAY_SECONDS = 1.0
 LISTEN_BACKLOG = 1024
@@ -143,16 +161,23 @@ class SidecarRunner(web.AppRunner):
         return server
 
 
-def _runner(app: web.Application, request_header_timeout: float = 10.0) -> web.AppRunner:
+def grace_period_seconds(settings: Settings) -> float:
+    """How long a graceful stop of one worker may take at most; Kubernetes' grace period must exceed it."""
+    return settings.shutdown_delay_seconds + settings.shutdown_timeout_seconds + STREAM_END_GRACE_SECONDS
+
+
+def _runner(app: web.Application, settings: Settings) -> web.AppRunner:
     return SidecarRunner(
         app,
-        request_header_timeout=request_header_timeout,
+        request_header_timeout=settings.request_header_timeout_seconds,
         handle_signals=False,
         access_log=None,
         handler_cancellation=True,  # a client that disconnects cancels the backend call at once
         max_field_size=MAX_FIELD_BYTES,
         max_line_size=MAX_LINE_BYTES,
-        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        # aiohttp waits this long for in-flight handlers once the listener is closed, then cancels them. Streams
+        # are ended (cleanly) at shutdown_timeout_seconds, a little before that.
+        shutdown_timeout=settings.shutdown_timeout_seconds + STREAM_END_GRACE_SECONDS,
     )
 
 
@@ -167,7 +192,7 @@ async def _wait_for_signal() -> None:
 async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, worker: int | None = None) -> None:
     metrics = Metrics()
     app = build_app(settings, metrics)
-    runner = _runner(app, settings.request_header_timeout_seconds)
+    runner = _runner(app, settings)
     await runner.setup()
     host, port = parse_host_port(settings.listen)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
@@ -183,14 +208,53 @@ async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, wor
     try:
         await _wait_for_signal()
     finally:
-        log.info("shutting down", extra={"worker": worker})
-        app[HEALTH].ready = False
-        await runner.cleanup()
+        await _drain(app, runner, settings, worker)
         if metrics_runner is not None:
             await metrics_runner.cleanup()
 
 
-def _worker_main(settings: Settings, index: int) -> None:
+async def _drain(app: web.Application, runner: web.AppRunner, settings: Settings, worker: int | None) -> None:
+    """The graceful stop described in the module docstring."""
+    app[HEALTH].ready = False
+    log.info("shutting down: unready, still serving", extra={"worker": worker,
+                                                              "delay_seconds": settings.shutdown_delay_seconds})
+    if settings.shutdown_delay_seconds > 0:
+        await asyncio.sleep(settings.shutdown_delay_seconds)
+    for site in list(runner.sites):
+        await site.stop()  # the listener closes; connections already accepted are served to their end
+    log.info("listener closed; waiting for requests in flight",
+             extra={"worker": worker, "timeout_seconds": settings.shutdown_timeout_seconds})
+
+    def end_streams() -> None:
+        if PROXY in app:
+            ended = app[PROXY].end_streams()
+            if ended:
+                log.info("ended open streams", extra={"worker": worker, "streams": ended})
+
+    loop = asyncio.get_running_loop()
+    ending = loop.call_later(settings.shutdown_timeout_seconds, end_streams)
+    try:
+        await runner.cleanup()
+    finally:
+        ending.cancel()
+    log.info("stopped", extra={"worker": worker})
+
+
+def _die_with(parent: int) -> bool:
+    """Ask the kernel to send SIGTERM when the supervisor dies (even by SIGKILL); False if it is gone already.
+
+    SIGTERM, not SIGKILL: an orphaned worker still drains (its requests finish) before it exits.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: only the supervisor's own stop applies
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The parent may have died between fork() and prctl(): then the signal will never come.
+    return os.getppid() == parent
+
+
+def _worker_main(settings: Settings, index: int, parent: int) -> None:
+    if not _die_with(parent):
+        return
     logs.setup(settings.log_format, settings.log_level)
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
@@ -202,7 +266,8 @@ async def _supervise(settings: Settings) -> None:
     procs: dict[int, BaseProcess] = {}
 
     def start(index: int) -> None:
-        proc = ctx.Process(target=_worker_main, args=(settings, index), name=f"mcp-auth-sidecar-worker-{index}")
+        name = f"mcp-auth-sidecar-worker-{index}"
+        proc = ctx.Process(target=_worker_main, args=(settings, index, os.getpid()), name=name)
         proc.start()
         procs[index] = proc
 
@@ -225,11 +290,14 @@ async def _supervise(settings: Settings) -> None:
         for proc in procs.values():
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS + 5
+        deadline = time.monotonic() + grace_period_seconds(settings) + SUPERVISOR_MARGIN_SECONDS
         for proc in procs.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
+            # Joined in a thread: the supervisor's metrics port keeps answering while the workers drain.
+            await asyncio.to_thread(proc.join, max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
+                log.error("worker did not stop in time; killing it", extra={"worker": proc.name})
                 proc.kill()
+            proc.join()
         await metrics_runner.cleanup()
 
 

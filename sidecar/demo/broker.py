@@ -164,6 +164,8 @@ async def main() -> int:
                 "MCP_SIDECAR_IDP_CLIENT_ID": DEMO_CLIENT_ID,
                 "MCP_SIDECAR_IDP_CLIENT_SECRET": DEMO_CLIENT_SECRET,
                 "MCP_SIDECAR_LOG_FORMAT": os.environ.get("MCP_SIDECAR_LOG_FORMAT", "text"),
+            # Nothing routes to the demo through a load balancer: Ctrl-C stops it at once.
+            "MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS": os.environ.get("MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS", "0"),
             }
             sidecar = subprocess.Popen(
                 [

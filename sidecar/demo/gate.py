@@ -92,6 +92,8 @@ async def main() -> int:
             "MCP_SIDECAR_AUDIENCE": ISSUER_AUDIENCE,
             "MCP_SIDECAR_AUTHORIZATION_SERVERS": issuer.url,
             "MCP_SIDECAR_LOG_FORMAT": os.environ.get("MCP_SIDECAR_LOG_FORMAT", "text"),
+            # Nothing routes to the demo through a load balancer: Ctrl-C stops it at once.
+            "MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS": os.environ.get("MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS", "0"),
         }
         sidecar = subprocess.Popen(
             [

@@ -39,6 +39,7 @@ from sidecar.oauth.errors import (
     UnauthorizedClient,
     UnsupportedResponseType,
 )
+from sidecar.oauth.outcomes import count
 from sidecar.oauth.pages import error_page
 from sidecar.oauth.request import AuthorizationRequest, error_to_client
 from sidecar.oauth.upstream import redirect_upstream
@@ -77,6 +78,7 @@ async def handle(request: web.Request) -> web.Response:
             log.info("authorize with an unregistered redirect_uri", extra={"client_id": client.client_id})
             raise InvalidRequest("redirect_uri is not registered for this client")
     except Problem as err:
+        count(request, "authorize", err)
         return error_page(request, err)
 
     state = query.get("state")

@@ -33,6 +33,7 @@ from sidecar.oauth.errors import (
     ServerError,
     TemporarilyUnavailable,
 )
+from sidecar.oauth.outcomes import count
 from sidecar.oauth.pages import error_page
 from sidecar.oauth.request import AuthorizationRequest, error_to_client, redirect_to_client
 from sidecar.problems import IDP_RETRY_AFTER_SECONDS
@@ -77,6 +78,7 @@ async def handle(request: web.Request) -> web.Response:
             log.warning("idp callback in a browser that did not start the sign-in", extra={"client_id": req.client_id})
             raise AccessDenied("this sign-in was started in another browser")
     except Problem as err:
+        count(request, "login", err)
         return error_page(request, err)
 
     upstream_error = query.get("error")
@@ -86,9 +88,11 @@ async def handle(request: web.Request) -> web.Response:
             extra={"client_id": req.client_id, "error": sanitize_description(upstream_error),
                    "description": sanitize_description(query.get("error_description"))},
         )
+        count(request, "login", "idp_error")
         return error_to_client(req.redirect_uri, req.state, _upstream_error(upstream_error), issuer=issuer)
     code = query.get("code")
     if not code:
+        count(request, "login", "idp_error")
         return error_to_client(
             req.redirect_uri, req.state, ServerError("the identity provider sent no code"), issuer=issuer
         )
@@ -96,6 +100,7 @@ async def handle(request: web.Request) -> web.Response:
     try:
         claims, upstream = await _login(request, code, str(pending["verifier"]), str(pending["nonce"]))
     except Problem as err:
+        count(request, "login", err)
         return error_to_client(req.redirect_uri, req.state, err, issuer=issuer)
 
     subject = str(claims["sub"])
@@ -109,6 +114,7 @@ async def handle(request: web.Request) -> web.Response:
             upstream=upstream,
         )
     except StoreUnavailable as exc:
+        count(request, "login", "store_unavailable")
         log.error("the grant could not be stored", extra={"client_id": req.client_id})
         return error_page(request, _save_failed(request, "create_grant", exc))
     our_code = secrets.token_urlsafe(SECRET_BYTES)
@@ -123,6 +129,7 @@ async def handle(request: web.Request) -> web.Response:
     try:
         await store.put_code(our_code, code_payload, ttl=CODE_TTL_SECONDS)
     except StoreUnavailable as exc:
+        count(request, "login", "store_unavailable")
         log.error("the authorization code could not be stored", extra={"client_id": req.client_id})
         try:
             await store.delete_grant(grant.grant_id)  # no half-made grant stays behind
@@ -134,6 +141,7 @@ async def handle(request: web.Request) -> web.Response:
         await store.put_consent(subject, req.client_id, req.scopes, ttl=CONSENT_TTL_SECONDS)
     except StoreUnavailable:
         metrics_of(request).store_errors.labels("put_consent").inc()  # a convenience record: not fatal
+    count(request, "login", "completed")
     log.info("login completed", extra={"client_id": req.client_id, "grant": grant.grant_id})
     return redirect_to_client(req.redirect_uri, {"code": our_code, "state": req.state}, issuer=issuer)
 

@@ -29,6 +29,7 @@ from sidecar.oauth.clients import Client
 from sidecar.oauth.common import SECRET_BYTES, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import AccessDenied, InvalidRequest, Problem
+from sidecar.oauth.outcomes import count
 from sidecar.oauth.pages import error_page, esc, page
 from sidecar.oauth.request import AuthorizationRequest, error_to_client
 from sidecar.oauth.upstream import redirect_upstream
@@ -161,6 +162,7 @@ async def handle_post(request: web.Request) -> web.Response:
             log.warning("consent POST from a browser that did not load the page", extra={"client_id": req.client_id})
             raise AccessDenied("the consent was answered in another browser")
         if decision == "deny":
+            count(request, "consent", "denied")
             log.info("consent denied", extra={"client_id": req.client_id})
             return error_to_client(
                 req.redirect_uri, req.state, AccessDenied("the user denied access"), issuer=st.endpoints.issuer,
@@ -174,7 +176,9 @@ async def handle_post(request: web.Request) -> web.Response:
             )
         except StoreUnavailable as exc:
             raise store_down(request, "put_consent", exc) from exc
+        count(request, "consent", "approved")
         log.info("consent given", extra={"client_id": req.client_id, "scopes": " ".join(req.scopes)})
         return await redirect_upstream(request, req, cookie, status=303)
     except Problem as err:
+        count(request, "consent", err)
         return error_page(request, err)

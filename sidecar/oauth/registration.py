@@ -34,6 +34,7 @@ from sidecar.oauth.errors import (
     Problem,
     RateLimited,
 )
+from sidecar.oauth.outcomes import count
 from sidecar.store.base import StoreUnavailable
 
 log = logging.getLogger("sidecar.oauth.registration")
@@ -148,9 +149,11 @@ async def handle(request: web.Request) -> web.Response:
         except StoreUnavailable as exc:
             raise store_down(request, "put_client", exc) from exc
     except Problem as err:
+        count(request, "register", err)
         response = err.response()
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
+    count(request, "register", "registered")
     log.info(
         "client registered",
         extra={"client_id": client.client_id, "auth_method": client.token_endpoint_auth_method,

@@ -67,6 +67,7 @@ from sidecar.oauth.errors import (
     UnauthorizedClient,
     UnsupportedGrantType,
 )
+from sidecar.oauth.outcomes import count
 from sidecar.oauth.registration import registration_ttl
 from sidecar.refresh import merged_credentials
 from sidecar.store.base import (
@@ -138,6 +139,7 @@ async def authenticated_client(request: web.Request, form: dict[str, str]) -> Cl
 
 async def handle(request: web.Request) -> web.Response:
     st = oauth(request)
+    grant_type: str | None = None
     try:
         wait = st.limits["token"].check(client_address(request))
         if wait:
@@ -159,9 +161,11 @@ async def handle(request: web.Request) -> web.Response:
         else:
             body = await _refresh_token(request, client, form)
     except Problem as err:
+        count(request, "token", err, grant_type)
         response = err.response()
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
+    count(request, "token", "issued", grant_type)
     await _renew_registration(request, client)
     return _json(body)
 
@@ -317,11 +321,13 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     except StoreUnavailable as exc:
         raise store_down(request, "rotate_refresh_token", exc) from exc
     if result.outcome is RotationOutcome.REUSE_DETECTED:
+        metrics_of(request).oauth_refresh_reuse.labels("revoked").inc()
         log.warning("refresh token reused after rotation: token family revoked", extra={"grant": grant.grant_id})
         raise InvalidGrant("the refresh token was already used; every token of this authorization is revoked")
     if result.outcome is RotationOutcome.INVALID or result.tokens is None:
         raise InvalidGrant("the refresh token is invalid, expired or revoked")
     if result.outcome is RotationOutcome.REPLAYED:
+        metrics_of(request).oauth_refresh_reuse.labels("replayed").inc()
         log.info("refresh token retried within the replay grace", extra={"grant": grant.grant_id})
     return _token_body(request, result.tokens, grant.scopes)
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sidecar.config import Settings
 from sidecar.crypto import KeyRing
@@ -34,7 +35,13 @@ from sidecar.store.base import (
 from sidecar.store.memory import MemoryTokenStore
 
 
-def open_store(settings: Settings, keyring: KeyRing, *, clock: Clock = time.time) -> TokenStore:
+def open_store(
+    settings: Settings,
+    keyring: KeyRing,
+    *,
+    clock: Clock = time.time,
+    on_replica_ack_timeout: Callable[[], None] | None = None,
+) -> TokenStore:
     """The store named by ``settings.store`` (``memory`` or ``redis``), encrypting with ``keyring``.
 
     No I/O happens here; call :meth:`TokenStore.ping` to check reachability (``/readyz``) and
@@ -52,7 +59,7 @@ def open_store(settings: Settings, keyring: KeyRing, *, clock: Clock = time.time
         raise ValueError("store: redis needs encryption_keys; an ephemeral key would die with this process")
     from sidecar.store.redis import connect  # imported here: the memory store needs no redis client
 
-    return connect(settings, keyring, clock=clock)
+    return connect(settings, keyring, clock=clock, on_replica_ack_timeout=on_replica_ack_timeout)
 
 
 __all__ = [

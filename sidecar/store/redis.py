@@ -19,13 +19,14 @@ Third-party exceptions are translated in one place, :func:`_translate`, into :cl
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, cast
 
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.asyncio.connection import ConnectionPool, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -69,6 +70,8 @@ from sidecar.store.base import (
     token_hash,
 )
 
+log = logging.getLogger("sidecar.store.redis")
+
 RedisClient = Redis | RedisCluster
 
 # One quick retry absorbs a pooled connection the server closed while idle; more retries (redis-py's default
@@ -87,6 +90,11 @@ REDIS_RETRY_BACKOFF_CAP_SECONDS: Final = 0.1
 DELETE_BATCH: Final = 256
 # A grant being deleted accepts no new tokens, so deletion converges; this bound only guards against a bug.
 MAX_DELETE_PASSES: Final = 10_000
+# WAIT after a rotation (``redis_min_replica_acks``): how long a replica's acknowledgement is awaited at most.
+# Replicas acknowledge every second on their own and at once on a WAIT (REPLCONF GETACK), so a healthy one
+# answers in a round trip; the bound only caps what a dead replica costs the request, and stays below the
+# command's own socket timeout (at most half of redis_timeout_seconds).
+REPLICA_ACK_TIMEOUT_SECONDS: Final = 1.0
 
 # ---------------------------------------------------------------------------------------------------------
 # Lua. Numbers travel as decimal strings; times are epoch milliseconds on the caller's clock (ARGV).
@@ -252,8 +260,14 @@ class RedisTokenStore:
         key_prefix: str = "mcpsc",
         record_grace_seconds: float = 86400,
         clock: Clock = time.time,
+        min_replica_acks: int = 0,
+        replica_ack_timeout: float = REPLICA_ACK_TIMEOUT_SECONDS,
+        on_replica_ack_timeout: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
+        self._min_acks = min_replica_acks
+        self._ack_timeout_ms = max(1, to_ms(replica_ack_timeout))
+        self._on_ack_timeout = on_replica_ack_timeout
         self._keyring = keyring
         self._keys = KeyLayout(key_prefix)
         self._grace_ms = to_ms(record_grace_seconds)
@@ -281,6 +295,47 @@ class RedisTokenStore:
 
     async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return await script(keys=list(keys), args=list(args))
+
+    async def _run_acked(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Run a write script, then ``WAIT`` until ``min_replica_acks`` replicas hold it.
+
+        Replication is asynchronous: without this, a failover right after a rotation may promote a replica that
+        still holds the rotated-away token (a rotating IdP then treats its next use as theft). ``WAIT`` counts
+        the writes of *its own connection*, so script and WAIT travel together on one connection (a pipeline;
+        on a cluster, the node that owns the grant's hash slot). Too few acknowledgements in time are logged and
+        counted, never an error: the write itself succeeded on the master.
+        """
+        if self._min_acks <= 0:
+            return await self._run(script, keys, args)
+        client = self._client
+        wait = ("WAIT", self._min_acks, self._ack_timeout_ms)
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(keys[0])
+            if node is None:
+                raise RedisClusterException("no node serves the grant's hash slot")
+            # EVAL, not EVALSHA: a replica promoted a moment ago has an empty script cache.
+            commands = [
+                PipelineCommand(0, "EVAL", script.script, len(keys), *keys, *args),
+                PipelineCommand(1, *wait),
+            ]
+            await node.execute_pipeline(commands)
+            result, acks = commands[0].result, commands[1].result
+        else:
+            pipe = client.pipeline(transaction=False)
+            await script(keys=list(keys), args=list(args), client=pipe)
+            pipe.execute_command(*wait)
+            result, acks = await pipe.execute(raise_on_error=False)
+        if isinstance(result, BaseException):
+            raise result
+        if isinstance(acks, BaseException) or not isinstance(acks, int) or acks < self._min_acks:
+            log.warning(
+                "a replica did not acknowledge a rotated token in time",
+                extra={"wanted": self._min_acks, "acks": acks if isinstance(acks, int) else None,
+                       "timeout_ms": self._ack_timeout_ms},
+            )
+            if self._on_ack_timeout is not None:
+                self._on_ack_timeout()
+        return result
 
     # --- TokenStore ---------------------------------------------------------------------------------------
 
@@ -363,7 +418,9 @@ class RedisTokenStore:
         claims_json = "" if claims is None else json.dumps(dict(claims), separators=(",", ":"))
         args = [*self._common(now_ms), str(expected_generation), envelope, str(up_exp), claims_json]
         async with _translate(operation):
-            result = await self._run(self._set_upstream_script, [key, self._keys.index(grant_id)], args)
+            # A rotated credential must survive a failover; a drop (upstream None) may be lost harmlessly.
+            run = self._run if upstream is None else self._run_acked
+            result = await run(self._set_upstream_script, [key, self._keys.index(grant_id)], args)
         return int(result) > 0
 
     async def delete_grant(self, grant_id: str) -> bool:
@@ -479,7 +536,7 @@ class RedisTokenStore:
             str(SUCCESSOR_SLACK_MS),
         ]
         async with _translate("rotate_refresh_token"):
-            reply = cast(list[str], await self._run(self._rotate, script_keys, args))
+            reply = cast(list[str], await self._run_acked(self._rotate, script_keys, args))
         outcome = RotationOutcome(reply[0])
         if outcome is RotationOutcome.ROTATED:
             return RotationResult(outcome, pair)
@@ -624,7 +681,13 @@ def build_client(settings: Settings) -> RedisClient:
     return Redis.from_pool(ConnectionPool(**options))
 
 
-def connect(settings: Settings, keyring: KeyRing, *, clock: Clock = time.time) -> RedisTokenStore:
+def connect(
+    settings: Settings,
+    keyring: KeyRing,
+    *,
+    clock: Clock = time.time,
+    on_replica_ack_timeout: Callable[[], None] | None = None,
+) -> RedisTokenStore:
     """The Redis store described by ``settings`` (no I/O yet: call :meth:`RedisTokenStore.ping`)."""
     return RedisTokenStore(
         build_client(settings),
@@ -632,6 +695,9 @@ def connect(settings: Settings, keyring: KeyRing, *, clock: Clock = time.time) -
         key_prefix=settings.key_prefix,
         record_grace_seconds=settings.record_grace_seconds,
         clock=clock,
+        min_replica_acks=settings.redis_min_replica_acks_effective,
+        replica_ack_timeout=min(REPLICA_ACK_TIMEOUT_SECONDS, settings.redis_timeout_seconds / 2),
+        on_replica_ack_timeout=on_replica_ack_timeout,
     )
 
 

@@ -77,6 +77,12 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
         return found[0]
 
+    def config_map(self) -> dict[str, Any]:
+        """The sidecar's own ConfigMap (the one holding config.yaml; the dashboard's is another)."""
+        found = [o for o in self.of_kind("ConfigMap") if "config.yaml" in o.get("data", {})]
+        assert len(found) == 1, [o["metadata"]["name"] for o in self.of_kind("ConfigMap")]
+        return found[0]
+
     def workloads(self) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] in ("Deployment", "StatefulSet")]
 
@@ -85,7 +91,7 @@ class Rendered:
         hits = [
             (w, w["spec"]["template"])
             for w in self.of_kind("Deployment")
-            if any(c["name"] == SIDECAR_CONTAINER for c in w["spec"]["template"]["spec"]["containers"])
+            if any(c["name"] == SIDECAR_CONTAINER for c in pod_containers(w["spec"]["template"]))
         ]
         assert len(hits) == 1, "expected exactly one Deployment with the sidecar container"
         return hits[0]
@@ -95,8 +101,15 @@ class Rendered:
         return container(pod, SIDECAR_CONTAINER)
 
 
+def pod_containers(pod_template: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The pod's containers, native sidecars (init containers with restartPolicy: Always) included."""
+    spec = pod_template["spec"]
+    native = [c for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+    return native + list(spec["containers"])
+
+
 def container(pod_template: Mapping[str, Any], name: str) -> dict[str, Any]:
-    found = [c for c in pod_template["spec"]["containers"] if c["name"] == name]
+    found = [c for c in pod_containers(pod_template) if c["name"] == name]
     assert len(found) == 1, f"no container {name}"
     return found[0]
 

@@ -146,7 +146,7 @@ def test_existing_secret_keys_are_the_named_ones(chart: helm.Chart) -> None:
 
 def test_secrets_never_reach_the_configmap(chart: helm.Chart) -> None:
     deployed = render_chart(chart, BROKER)
-    config_text = deployed.one("ConfigMap")["data"]["config.yaml"]
+    config_text = deployed.config_map()["data"]["config.yaml"]
     config = yaml.safe_load(config_text)
     assert not {"encryption_keys", "idp_client_secret", "redis_password"} & set(config)
     for key in ("encryptionKeys", "idpClientSecret", "redisPassword"):

@@ -11,7 +11,7 @@ import kubernetes_validate
 from tests.chart._support import CHART_DIR, CI_DIR, KUBE_VERSION, SUBCHART_KEY, Rendered, load_values
 
 # Custom resources kubernetes-validate has no schema for; checked by hand below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 
 def _lint_findings(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,7 +14,15 @@ import helm_python as helm
 import yaml
 
 from sidecar.config import SECRET_KEYS, Settings
-from tests.chart._support import CHART_DIR, CI_DIR, SIDECAR_CONTAINER, Rendered, deep_merge, load_values
+from tests.chart._support import (
+    CHART_DIR,
+    CI_DIR,
+    SIDECAR_CONTAINER,
+    Rendered,
+    deep_merge,
+    load_values,
+    pod_containers,
+)
 
 GATE = load_values(CI_DIR / "gate-values.yaml")
 BROKER = load_values(CI_DIR / "broker-bundled-redis-values.yaml")
@@ -48,7 +56,7 @@ def test_pods_are_hardened(deployed: Rendered) -> None:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert spec["automountServiceAccountToken"] is False, name
-        for ctr in spec["containers"]:
+        for ctr in pod_containers(pod):
             sc = ctr["securityContext"]
             assert sc["allowPrivilegeEscalation"] is False, (name, ctr["name"])
             assert sc["readOnlyRootFilesystem"] is True, (name, ctr["name"])
@@ -74,7 +82,7 @@ def test_probes_and_ports(deployed: Rendered, effective_values: dict[str, Any]) 
     assert ctr["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http", "scheme": "HTTP"}
     assert ctr["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http", "scheme": "HTTP"}
     # The sidecar listens where the probes and the Service look.
-    config = yaml.safe_load(deployed.one("ConfigMap")["data"]["config.yaml"])
+    config = yaml.safe_load(deployed.config_map()["data"]["config.yaml"])
     assert config["listen"] == f"0.0.0.0:{ports['http']}"
     assert config["metrics_listen"] == f"0.0.0.0:{ports['metrics']}"
 
@@ -89,12 +97,12 @@ def test_service_targets_the_sidecar_only(rendered: Rendered, effective_values: 
     assert public["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (port,) = public["spec"]["ports"]
     assert port["port"] == effective_values["service"]["port"]
-    named = {p["name"]: (c["name"], p["containerPort"]) for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    named = {p["name"]: (c["name"], p["containerPort"]) for c in pod_containers(pod) for p in c.get("ports", [])}
     assert named[port["targetPort"]] == (SIDECAR_CONTAINER, effective_values["sidecar"]["port"])
     # The MCP server publishes no port at all and listens on loopback.
     server = next(c for c in pod["spec"]["containers"] if c["name"] != SIDECAR_CONTAINER)
     assert "ports" not in server
-    assert yaml.safe_load(rendered.one("ConfigMap")["data"]["config.yaml"])["upstream"].startswith("http://127.0.0.1:")
+    assert yaml.safe_load(rendered.config_map()["data"]["config.yaml"])["upstream"].startswith("http://127.0.0.1:")
     metrics = [s for s in rendered.of_kind("Service") if s["metadata"]["name"].endswith("-metrics")]
     assert [p["targetPort"] for s in metrics for p in s["spec"]["ports"]] == ["metrics"]
 
@@ -117,7 +125,7 @@ def _annotations(rendered: Rendered) -> dict[str, str]:
 
 
 def test_checksum_config_is_the_config_file(deployed: Rendered) -> None:
-    text = deployed.one("ConfigMap")["data"]["config.yaml"]
+    text = deployed.config_map()["data"]["config.yaml"]
     assert _annotations(deployed)["checksum/config"] == hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -29,7 +29,7 @@ async def start() -> AsyncIterator[Start]:
     async def go(b: H11Backend) -> int:
         settings = Settings(upstream=f"http://127.0.0.1:{b.port}", public_url=PUBLIC,
                             request_header_timeout_seconds=TIMEOUT)
-        runner = _runner(build_app(settings, Metrics()), settings.request_header_timeout_seconds)
+        runner = _runner(build_app(settings, Metrics()), settings)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -158,19 +158,20 @@ class RedisClusterProcesses:
             server.cleanup()
 
 
-def start_cluster(masters: int = 3) -> RedisClusterProcesses:
+def start_cluster(masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000) -> RedisClusterProcesses:
+    """``masters`` masters with ``replicas`` replicas each (``redis-cli --cluster create`` assigns them)."""
     servers: list[RedisServer] = []
     try:
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             server = RedisServer(
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", "5000",
+                "--cluster-node-timeout", str(node_timeout_ms),
                 cluster_port=free_port(),
             )  # fmt: skip
             servers.append(server.start())
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *[s.address for s in servers], "--cluster-replicas", "0",
+            [REDIS_CLI, "--cluster", "create", *[s.address for s in servers], "--cluster-replicas", str(replicas),
              "--cluster-yes"],
             check=True,
             capture_output=True,
@@ -230,6 +231,79 @@ def start_sentinel() -> RedisSentinelProcesses:
             sentinel.cleanup()
         master.cleanup()
         raise
+
+
+class ReplicatedSentinel:
+    """A master, its replica and three Sentinels (quorum 2) that fail over within about a second."""
+
+    MASTER_NAME = "mymaster"
+
+    def __init__(self, master: RedisServer, replica: RedisServer, sentinels: list[RedisServer]) -> None:
+        self.master = master
+        self.replica = replica
+        self.sentinel_servers = sentinels
+
+    @property
+    def sentinels(self) -> list[str]:
+        return [s.address for s in self.sentinel_servers]
+
+    def current_master_port(self) -> int | None:
+        for sentinel in self.sentinel_servers:
+            result = subprocess.run(
+                [REDIS_CLI, "-p", str(sentinel.port), "sentinel", "get-master-addr-by-name", self.MASTER_NAME],
+                capture_output=True, text=True, timeout=5, check=False,
+            )  # fmt: skip
+            lines = result.stdout.split()
+            if len(lines) == 2 and lines[1].isdigit():
+                return int(lines[1])
+        return None
+
+    def cleanup(self) -> None:
+        for server in (*self.sentinel_servers, self.replica, self.master):
+            server.cleanup()
+
+
+def start_replicated_sentinel(*, down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> ReplicatedSentinel:
+    master = start_server()
+    started: list[RedisServer] = [master]
+    try:
+        replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
+        started.append(replica.start())
+        sentinels: list[RedisServer] = []
+        for _ in range(3):
+            sentinel = RedisServer()
+            conf = sentinel.dir / "sentinel.conf"
+            name = ReplicatedSentinel.MASTER_NAME
+            conf.write_text(
+                f"port {sentinel.port}\nbind 127.0.0.1\ndir {sentinel.dir}\n"
+                f"sentinel monitor {name} 127.0.0.1 {master.port} 2\n"
+                f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {name} 1\n"
+            )
+            sentinel.config_file = conf
+            started.append(sentinel.start())
+            sentinels.append(sentinel)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not all(_sentinel_sees(s.port, replicas=1, sentinels=2) for s in sentinels):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test sentinels do not see the replica and each other")
+            time.sleep(0.1)
+        return ReplicatedSentinel(master, replica, sentinels)
+    except BaseException:
+        for server in started:
+            server.cleanup()
+        raise
+
+
+def _sentinel_sees(port: int, *, replicas: int, sentinels: int) -> bool:
+    result = subprocess.run(
+        [REDIS_CLI, "-p", str(port), "sentinel", "master", ReplicatedSentinel.MASTER_NAME],
+        capture_output=True, text=True, timeout=5, check=False,
+    )  # fmt: skip
+    fields = result.stdout.split()
+    info = dict(zip(fields[::2], fields[1::2], strict=False))
+    return int(info.get("num-slaves", 0)) >= replicas and int(info.get("num-other-sentinels", 0)) >= sentinels
 
 
 def _sentinel_knows_master(port: int) -> bool:

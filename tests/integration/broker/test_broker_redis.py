@@ -143,7 +143,7 @@ async def test_hundred_concurrent_requests_on_expired_grant_one_refresh_at_the_i
 
 
 def spawn_sidecar(settings: Settings, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ}
+    env = {**os.environ, "MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS": "0"}  # no endpoint removal to wait for here
     keys = ("mode", "store", "redis_url", "key_prefix", "encryption_keys", "idp_issuer", "idp_client_id",
             "idp_client_secret", "redis_timeout_seconds", "idp_timeout_seconds", "refresh_lock_seconds")  # fmt: skip
     for key in keys:

@@ -100,6 +100,7 @@ async def test_serve_as_a_process(tmp_path: Path, start_backend: object, workers
             "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
             "MCP_SIDECAR_LOG_LEVEL": "debug",  # the most talkative setting: still no token may appear
             "MCP_SIDECAR_BACKEND_TIMEOUT_SECONDS": "5",
+            "MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS": "0.2",  # no Kubernetes endpoint removal to wait for here
         }
     )
     argv = [
@@ -191,6 +192,7 @@ async def test_a_dead_worker_is_replaced(tmp_path: Path, start_backend: object) 
     log = tmp_path / "stderr.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_SIDECAR_")}
     env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
+    env["MCP_SIDECAR_SHUTDOWN_DELAY_SECONDS"] = "0.2"
     argv = [
         CLI, "serve",
         "--listen", f"127.0.0.1:{port}",

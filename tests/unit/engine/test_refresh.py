@@ -201,3 +201,52 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_refresh(store) -> N
     got = await second
     assert got.upstream.access_token == "up-at-1"
     assert idp.calls == 1
+
+
+class CountingIdP(ScriptedIdP):
+    """Records how many refreshes were at the IdP at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.peak = 0
+
+    async def refresh(self, refresh_token: str, *, scope: str | None = None) -> Any:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super().refresh(refresh_token, scope=scope)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_a_wave_of_expiring_grants_reaches_the_idp_a_few_at_a_time(store) -> None:
+    idp = CountingIdP()
+    idp.delay = 0.01
+    grants = [await expired_grant(store) for _ in range(60)]
+    b = broker(store, idp, max_concurrency=4, slot_timeout=5)
+    results = await asyncio.gather(*(b.current(g.grant_id) for g in grants))
+    assert idp.peak == 4  # bounded, and used
+    assert idp.calls == 60  # one refresh per grant, none retried
+    assert all(r.upstream.access_token.startswith("up-at-") for r in results)
+
+
+async def test_waiting_past_the_idp_timeout_for_a_slot_is_a_503_not_a_pile_up(store) -> None:
+    idp = CountingIdP()
+    idp.delay = 1.0  # a slow IdP
+    grants = [await expired_grant(store) for _ in range(6)]
+    metrics = Metrics()
+    b = broker(store, idp, metrics, max_concurrency=2, slot_timeout=0.2)
+    outcomes = await asyncio.gather(*(b.current(g.grant_id) for g in grants), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, ServiceUnavailable)]
+    assert len(refused) == 4 and idp.calls == 2 and idp.peak == 2
+    assert all(r.extra_headers["Retry-After"] and "waiting for the IdP" in r.description for r in refused)
+    assert metrics.registry.get_sample_value("mcp_sidecar_upstream_refreshes_total", {"outcome": "failed"}) == 4
+    # A grant whose current token is still valid keeps working while it waits in vain.
+    fresh_enough = await expired_grant(store, exp_in=30)  # inside the skew: wants a refresh, still usable
+    busy = [await expired_grant(store) for _ in range(2)]
+    blocker = [asyncio.ensure_future(b.current(g.grant_id)) for g in busy]
+    await asyncio.sleep(0.05)
+    kept = await b.current(fresh_enough.grant_id)
+    assert kept.upstream.access_token == "up-at-0"
+    await asyncio.gather(*blocker, return_exceptions=True)

@@ -167,6 +167,10 @@ of these first; these checks also hold with --skip-schema-validation and explain
 {{- fail "redis.external.mode=cluster needs redis.external.clusterNodes (host:port list of seed nodes)." }}
 {{- end }}
 {{- end }}
+{{- $stop := addf (default 5 $c.shutdown_delay_seconds) (default 25 $c.shutdown_timeout_seconds) 2 }}
+{{- if and .Values.deployment.enabled (lt (float64 .Values.terminationGracePeriodSeconds) $stop) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must cover the sidecar's graceful stop: config.shutdown_delay_seconds + config.shutdown_timeout_seconds + 2 = %v seconds; raise it or shorten those." .Values.terminationGracePeriodSeconds $stop) }}
+{{- end }}
 {{- if and .Values.deployment.enabled (not .Values.mcpServer.image.repository) }}
 {{- fail "mcpServer.image.repository is required: the image of your MCP server (or set deployment.enabled=false and include the sidecar in your own chart)." }}
 {{- end }}
@@ -246,6 +250,36 @@ checksum/secret: {{ . | sha256sum }}
       optional: true
       {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+"true" when the sidecar runs as a Kubernetes native sidecar (an init container with restartPolicy: Always,
+Kubernetes >= 1.29): sidecar.native true, or auto on a cluster that new.
+*/}}
+{{- define "mcp-auth-sidecar.native" -}}
+{{- $n := .Values.sidecar.native }}
+{{- if or (eq (toString $n) "true") (and (eq (toString $n) "auto") (semverCompare ">=1.29.0-0" .Capabilities.KubeVersion.Version)) -}}
+true
+{{- end }}
+{{- end }}
+
+{{/*
+The sidecar as a native sidecar, one item of a pod's `initContainers:` list (Kubernetes >= 1.29): it starts
+before the MCP server (the startup probe holds the next container until /healthz answers) and stops after it.
+
+  initContainers:
+    {{- include "mcp-auth-sidecar.nativeContainer" (index .Subcharts "mcp-auth-sidecar") | nindent 4 }}
+*/}}
+{{- define "mcp-auth-sidecar.nativeContainer" -}}
+{{- include "mcp-auth-sidecar.container" . }}
+  restartPolicy: Always
+  startupProbe:
+    httpGet:
+      path: /healthz
+      port: http
+      scheme: HTTP
+    periodSeconds: 1
+    failureThreshold: 60
 {{- end }}
 
 {{/*
