@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from sidecar.audit import AuditLog
 from sidecar.auth import Authenticator, GateAuthenticator
 from sidecar.backend import BackendPool
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
+from sidecar.guard import BrokerSubjects, Guard, SubjectOf, gate_subject
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
 from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, ClaimsResolver, HeaderTemplates
@@ -186,6 +188,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         strip=templates.names,
         forward_authorization=settings.forward_client_token_effective,
     )
+    guard, audit = _guard(settings, app[METRICS], app.get(CREDENTIALS))
     app[PROXY] = Proxy(
         pool=pool,
         upstream=upstream,
@@ -196,6 +199,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         resource_metadata_for=metadata.metadata_url_for,
         headers_timeout=settings.backend_timeout_seconds,
         resolver=resolver,
+        guard=guard,
     )
     health = app[HEALTH]
     health.ready = True
@@ -214,8 +218,36 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         health.ready = False
         await pool.close()
         await session.close()
+        if audit is not None:
+            audit.close()
         if owned_store:
             await app[STORE].close()
+
+
+def _guard(
+    settings: Settings, metrics: Metrics, credentials: CredentialBroker | None
+) -> tuple[Guard | None, AuditLog | None]:
+    """The request guard (issue 15), or None when neither a tool policy nor an audit log is configured."""
+    from sidecar.policy import compile_policy
+
+    policy, problems = compile_policy(settings.tool_policy, settings.tool_policy_default)
+    assert not problems, problems  # load_settings refused them already
+    audit = None
+    if settings.audit_log != "off":
+        audit = AuditLog(settings.audit_log, metrics)
+        audit.open()
+    if policy is None and audit is None:
+        return None, None
+    subjects: SubjectOf = BrokerSubjects(credentials) if credentials is not None else gate_subject
+    guard = Guard(
+        policy=policy,
+        hide_denied_tools=settings.hide_denied_tools,
+        subject_of=subjects,
+        metrics=metrics,
+        audit=audit,
+        audit_arguments=settings.audit_arguments == "hash",
+    )
+    return guard, audit
 
 
 def _store_check(store: TokenStore) -> Callable[[], Awaitable[str | None]]:

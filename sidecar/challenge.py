@@ -126,6 +126,25 @@ class InsufficientScope(AuthProblem):
     reason = "insufficient_scope"
 
 
+class AccessDenied(HTTPProblem):
+    """403 from ``tool_policy``: a claim or condition rule failed, or the default is deny (more scopes would not
+    help, so there is no step-up challenge)."""
+
+    status = 403
+    error = "access_denied"
+    reason = "access_denied"
+
+
+class PayloadTooLarge(HTTPProblem):
+    status = 413
+    error = "invalid_request"
+
+
+class RequestTimeout(HTTPProblem):
+    status = 408
+    error = "invalid_request"
+
+
 class HeaderTooLarge(HTTPProblem):
     status = 431
     error = "invalid_request"
