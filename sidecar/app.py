@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from sidecar.audit import AuditLog
+from sidecar.audit import AUDIT, AuditLog
 from sidecar.auth import Authenticator, GateAuthenticator
 from sidecar.backend import BackendPool
 from sidecar.config import Settings
@@ -119,6 +119,10 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    audit: AuditLog | None = None
+    if settings.audit_log != "off":
+        audit = app[AUDIT] = AuditLog(settings.audit_log, app[METRICS])
+        audit.open()
     session = outbound_session(settings)
     app[SESSION] = session
     pool = backend_pool(settings)
@@ -155,6 +159,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             skew=settings.refresh_skew_seconds,
             lock_seconds=settings.refresh_lock_seconds,
             cache_seconds=settings.token_cache_seconds,
+            audit=audit,
         )
         authenticator = app[BROKER_AUTH] = BrokerAuthenticator(
             store=store, metrics=app[METRICS], cache_seconds=settings.token_cache_seconds
@@ -188,7 +193,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         strip=templates.names,
         forward_authorization=settings.forward_client_token_effective,
     )
-    guard, audit = _guard(settings, app[METRICS], app.get(CREDENTIALS))
+    guard = _guard(settings, app[METRICS], app.get(CREDENTIALS), audit)
     app[PROXY] = Proxy(
         pool=pool,
         upstream=upstream,
@@ -225,19 +230,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 def _guard(
-    settings: Settings, metrics: Metrics, credentials: CredentialBroker | None
-) -> tuple[Guard | None, AuditLog | None]:
+    settings: Settings, metrics: Metrics, credentials: CredentialBroker | None, audit: AuditLog | None
+) -> Guard | None:
     """The request guard (issue 15), or None when neither a tool policy nor an audit log is configured."""
     from sidecar.policy import compile_policy
 
     policy, problems = compile_policy(settings.tool_policy, settings.tool_policy_default)
     assert not problems, problems  # load_settings refused them already
-    audit = None
-    if settings.audit_log != "off":
-        audit = AuditLog(settings.audit_log, metrics)
-        audit.open()
     if policy is None and audit is None:
-        return None, None
+        return None
     subjects: SubjectOf = BrokerSubjects(credentials) if credentials is not None else gate_subject
     guard = Guard(
         policy=policy,
@@ -247,7 +248,7 @@ def _guard(
         audit=audit,
         audit_arguments=settings.audit_arguments == "hash",
     )
-    return guard, audit
+    return guard
 
 
 def _store_check(store: TokenStore) -> Callable[[], Awaitable[str | None]]:

@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from aiohttp import web
+
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.audit")
@@ -53,6 +55,13 @@ def arguments_hash(arguments: Any) -> str:
 
 def _timestamp(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def record(app: web.Application, event: str, **fields: Any) -> None:
+    """Emit a broker event when the audit trail is on (a no-op otherwise)."""
+    audit = app.get(AUDIT)
+    if audit is not None:
+        audit.emit(event, fields)
 
 
 class AuditLog:
@@ -109,3 +118,6 @@ class AuditLog:
             except (OSError, TypeError, ValueError) as exc:
                 self._metrics.audit_dropped.inc()
                 log.warning("audit line not written", extra={"error": type(exc).__name__})
+
+
+AUDIT = web.AppKey("audit", AuditLog)

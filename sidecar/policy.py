@@ -376,3 +376,14 @@ def needed_scopes(decisions: Iterable[Decision]) -> tuple[str, ...]:
     for d in decisions:
         out.update(d.scopes)
     return tuple(sorted(out))
+
+
+def policy_scopes(settings: Any) -> list[str]:
+    """Every scope a ``tool_policy`` rule requires, in order of appearance (broker: scopes a client may request)."""
+    out: list[str] = []
+    for rule in getattr(settings, "tool_policy", None) or ():
+        scopes = rule.get("scopes") if isinstance(rule, Mapping) else None
+        for scope in [scopes] if isinstance(scopes, str) else scopes if isinstance(scopes, list) else ():
+            if isinstance(scope, str) and scope and scope not in out:
+                out.append(scope)
+    return out
