@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 BODY_READ_TIMEOUT_SECONDS: Final = 30.0
 # Audit-only (no policy): bodies up to this size are parsed for method/tool; larger ones stream untouched.
 AUDIT_PARSE_BYTES: Final = 256 * 1024
+# Broker subjects remembered (one per grant, replaced when the grant record changes).
+SUBJECT_CACHE_ENTRIES: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +85,23 @@ class BrokerSubjects:
 
     def __init__(self, credentials: CredentialBroker) -> None:
         self._credentials = credentials
+        # The Subject built from the grant object the credential cache returned last: while that cache hands
+        # out the same object, the claims object stays the same too (the policy's CEL cache is keyed on it).
+        self._last: dict[str, tuple[Any, Subject]] = {}
 
     async def __call__(self, identity: Identity) -> Subject:
         if identity.grant_id is None:  # client_token: id_token: the bearer is the IdP's id_token
             return await gate_subject(identity)
         grant = await self._credentials.current(identity.grant_id)  # cached: the resolver reads it again
+        seen = self._last.get(grant.grant_id)
+        if seen is not None and seen[0] is grant:
+            return seen[1]
         claims = {**grant.claims, "scope": " ".join(grant.scopes)}
-        return Subject(grant.subject, grant.client_id, claims, frozenset(grant.scopes))
+        subject = Subject(grant.subject, grant.client_id, claims, frozenset(grant.scopes))
+        if len(self._last) >= SUBJECT_CACHE_ENTRIES:
+            self._last.pop(next(iter(self._last)))
+        self._last[grant.grant_id] = (grant, subject)
+        return subject
 
 
 class Ticket:

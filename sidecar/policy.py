@@ -29,6 +29,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+# Bounds of the decision caches (see Policy): distinct (method, tool) pairs, and (caller, method, tool) triples.
+SELECTION_CACHE_ENTRIES: Final = 4096
+CONTEXT_CACHE_ENTRIES: Final = 4096
 RULE_KEYS: Final = frozenset({"tools", "methods", "scopes", "claims", "when"})
 MAX_GLOB_CHARS: Final = 256
 MAX_WHEN_CHARS: Final = 4096
@@ -45,8 +48,6 @@ CEL_FUNCTIONS: Final = frozenset(
     }
 )
 _MACRO_BINDING = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
-_STRING_LITERAL = re.compile(r"""(?s)[rRbB]*('''.*?'''|\"\"\".*?\"\"\"|'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*")""")
-_PARAMS_REF = re.compile(r"\bparams\b")
 
 
 class Outcome(enum.Enum):
@@ -102,9 +103,11 @@ class _Condition:
     def __init__(self, source: str, program: Any) -> None:
         self.source = source
         self._program = program
-        self.reads_params = bool(_PARAMS_REF.search(_STRING_LITERAL.sub("''", source)))
+        # Over-approximated on purpose (a "params" anywhere, even in a string such as mcp["params"]): such a rule
+        # gets the full activation at call time and never hides a tool in tools/list.
+        self.reads_params = "params" in source
 
-    def holds(self, activation: Mapping[str, Any]) -> bool:
+    def holds(self, activation: Any) -> bool:
         try:
             result = self._program.execute(activation)
         except Exception:
@@ -127,38 +130,72 @@ class Rule:
         return any(p.fullmatch(call.method) for p in self.methods)
 
 
-@dataclass(frozen=True, slots=True)
 class Policy:
-    rules: tuple[Rule, ...]
-    default_allow: bool
-    has_conditions: bool
+    """A compiled policy. Decisions are pure; two bounded caches make them cheap on the request path:
+
+    * the rules that select a (method, tool) pair (tool names come from clients: bounded, evicted oldest-first);
+    * the CEL activation of a caller's claims with one (method, tool), for conditions that do not read
+      ``mcp.params``: converting claims into CEL values costs ~25 µs, evaluating a compiled program ~1 µs. The
+      key is the claims object itself (the authenticators cache it per token), held strongly so its identity
+      cannot be reused while it is cached.
+    """
+
+    def __init__(self, rules: tuple[Rule, ...], default_allow: bool) -> None:
+        self.rules = rules
+        self.default_allow = default_allow
+        self.has_conditions = any(r.when is not None for r in rules)
+        self._selected: dict[tuple[str, str | None], tuple[Rule, ...]] = {}
+        self._contexts: dict[tuple[int, str, str | None], tuple[Mapping[str, Any], Any]] = {}
+
+    def _rules_for(self, call: Call) -> tuple[Rule, ...]:
+        key = (call.method, call.tool)
+        found = self._selected.get(key)
+        if found is None:
+            found = tuple(r for r in self.rules if r.selects(call))
+            if len(self._selected) >= SELECTION_CACHE_ENTRIES:
+                self._selected.pop(next(iter(self._selected)))
+            self._selected[key] = found
+        return found
+
+    def _static_context(self, caller: Caller, call: Call) -> Any:
+        key = (id(caller.claims), call.method, call.tool)
+        hit = self._contexts.get(key)
+        if hit is not None and hit[0] is caller.claims:
+            return hit[1]
+        import cel
+
+        context = cel.Context(cel_activation(caller, Call(call.method, call.tool, None)))
+        if len(self._contexts) >= CONTEXT_CACHE_ENTRIES:
+            self._contexts.pop(next(iter(self._contexts)))
+        self._contexts[key] = (caller.claims, context)
+        return context
 
     def decide(self, caller: Caller, call: Call) -> Decision:
         """The decision for one message (``call.params is None``: the ``tools/list`` view)."""
-        selected = False
-        needed: set[str] = set()
+        rules = self._rules_for(call)
+        if not rules:
+            return ALLOWED_BY_DEFAULT if self.default_allow else DENIED_BY_DEFAULT
         short = False
-        activation: dict[str, Any] | None = None
-        for rule in self.rules:
-            if not rule.selects(call):
-                continue
-            selected = True
-            needed |= rule.scopes
+        for rule in rules:
             if not rule.scopes <= caller.scopes:
                 short = True
             for name, want in rule.claims:
                 if not claim_matches(caller.claims, name, want):
                     return Decision(Outcome.ACCESS_DENIED, "claim")
-            if rule.when is not None:
-                if call.params is None and rule.when.reads_params:
-                    continue  # decided at call time only
-                if activation is None:
-                    activation = cel_activation(caller, call)
-                if not rule.when.holds(activation):
+            when = rule.when
+            if when is not None:
+                if when.reads_params:
+                    if call.params is None:
+                        continue  # decided at call time only
+                    activation: Any = cel_activation(caller, call)
+                else:
+                    activation = self._static_context(caller, call)
+                if not when.holds(activation):
                     return Decision(Outcome.ACCESS_DENIED, "condition")
-        if not selected:
-            return ALLOWED_BY_DEFAULT if self.default_allow else DENIED_BY_DEFAULT
         if short:
+            needed: set[str] = set()
+            for rule in rules:
+                needed |= rule.scopes
             return Decision(Outcome.INSUFFICIENT_SCOPE, "missing_scope", tuple(sorted(needed)))
         return ALLOWED_BY_RULES
 
@@ -343,7 +380,7 @@ def compile_policy(
         return None, problems
     if not rules and default == "allow":
         return None, []
-    return Policy(tuple(rules), default == "allow", any(r.when for r in rules)), []
+    return Policy(tuple(rules), default == "allow"), []
 
 
 # ---------------------------------------------------------------------------------------------------------
