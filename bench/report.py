@@ -188,6 +188,10 @@ def _jwks_cpu(summaries: dict[str, Summary]) -> tuple[bool, str] | None:
     return _cpu_vs_bare(summaries, "gate-jwks", 0.8)
 
 
+def _policy_cpu(summaries: dict[str, Summary]) -> tuple[bool, str] | None:
+    return _cpu_vs_bare(summaries, "gate-policy", 0.8)
+
+
 REDIS_COMMANDS = "Redis commands (upper bound on round trips)"  # bench.broker.redis_counters' name
 
 
@@ -247,6 +251,7 @@ TARGETS: list[Target] = [
     Target("5. SSE first event ≤ direct + 0.3 ms, no event held back", _sse),
     Target("6. RSS ≤ 60 MB per worker; many grants within 5 % of 1 grant (req/s and RSS)", _rss_and_grants),
     Target(f"7. every sidecar row ≥ 25{X} FastMCP proxy req/s", _fastmcp),
+    Target(f"8. gate with a 10-rule tool policy (2 CEL) CPU ≤ 0.80{X} bare proxy (issue 15)", _policy_cpu),
 ]
 
 

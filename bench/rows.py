@@ -26,6 +26,7 @@ The rows of issue 7, and what each needs here:
 * ``--workers 2`` (gate, aiohttp backend): CPU and RSS are summed/listed per process of the tree (the
   supervisor and both workers); all servers share CPU 0, so two workers add no capacity here, only their
   cost shows;
+* gate with issue 15's ``tool_policy`` of ten rules, two with CEL conditions (``BENCH_POLICY``), both backends;
 * FastMCP's proxy with JWT verification (SDK backend only: it speaks MCP to its backend, which the minimal
   backend does not): ``bench/fastmcp_proxy.py`` in its own venv ``bench/.venv-fastmcp`` (``bench/tools.py``
   makes it), verifying the ``signed`` bearer against the ``jwks`` service.
@@ -223,6 +224,28 @@ def sidecar_service(
                        needs=(upstream, *extra_needs), after_start=after_start)
 
 
+# Issue 15's policy row: ten rules, two with CEL conditions. The workload's tools/list is selected by five of
+# them (a scope rule, a claim rule and both CEL rules among them), so every kind of check runs per request.
+BENCH_POLICY: list[dict[str, object]] = [
+    {"tools": ["delete_*", "admin.*"], "scopes": ["mcp:admin"]},
+    {"methods": ["resources/read"], "scopes": ["mcp:resources"]},
+    {"methods": ["tools/list", "tools/call"], "scopes": ["mcp:tools"]},
+    {"tools": ["*"], "claims": {"iss": "https://issuer.bench.invalid"}},
+    {"methods": ["prompts/*"], "scopes": ["mcp:prompts"]},
+    {"tools": ["write_*"], "scopes": ["mcp:write"]},
+    {"methods": ["tools/*"], "claims": {"aud": "mcp-bench"}},
+    {"tools": ["query_*"], "when": 'mcp.params.arguments.database != "prod"'},
+    {"methods": ["tools/list"], "when": 'jwt.sub.startsWith("bench") && jwt.scope.contains("mcp:tools")'},
+    {"methods": ["*"], "when": 'jwt.iss == "https://issuer.bench.invalid"'},
+]
+
+
+def policy_env(_: ServiceContext) -> dict[str, str]:
+    import json
+
+    return {"MCP_SIDECAR_TOOL_POLICY": json.dumps(BENCH_POLICY)}
+
+
 def jwks_service() -> ServiceSpec:
     def build(ctx: ServiceContext) -> Launch:
         argv = [ctx.python, "-m", "bench.jwks", "--port", str(ctx.port), "--file", str(ctx.workdir / "jwks.json")]
@@ -326,6 +349,8 @@ for _backend in ("aiohttp", "sdk"):
                         label="sidecar gate + JWKS verification"),
         sidecar_service(_backend, variant="broker-redis", args=("--mode", "broker"), env=broker_redis_env("redis"),
                         extra_needs=("redis",), label="sidecar broker, Redis, 1 grant"),
+        sidecar_service(_backend, variant="gate-policy", env=policy_env,
+                        label="sidecar gate + 10-rule tool policy (2 CEL)"),
     ):
         SERVICES[_spec.key] = _spec
 
@@ -345,6 +370,8 @@ def _rows_for(backend: str) -> list[Row]:
             f"sidecar-gate->{backend}", sse=sse),
         Row(f"sidecar-gate-jwks/{backend}", "sidecar gate + JWKS verification", "sidecar", backend,
             f"sidecar-gate-jwks->{backend}", token="signed"),
+        Row(f"sidecar-gate-policy/{backend}", "sidecar gate + 10-rule tool policy (2 CEL)", "sidecar", backend,
+            f"sidecar-gate-policy->{backend}"),
     ]
     if backend == "aiohttp":
         rows.append(Row("sidecar-gate-w2/aiohttp", "sidecar gate, --workers 2", "sidecar", backend,

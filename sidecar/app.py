@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
+from sidecar.audit import AUDIT, AuditLog
 from sidecar.auth import Authenticator, GateAuthenticator
 from sidecar.backend import BackendPool
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
+from sidecar.guard import BrokerSubjects, Guard, SubjectOf, gate_subject
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
 from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, ClaimsResolver, HeaderTemplates
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     # Broker and signature-verification modules pull in cryptography and PyJWT (~9 MB per worker); a gate
     # without jwks_url never needs them, so they are imported where they are used.
     from sidecar.idp import IdPClient
+    from sidecar.refresh import CredentialBroker
     from sidecar.store.base import TokenStore
 
 log = logging.getLogger("sidecar.app")
@@ -119,6 +122,10 @@ async def _proxy(request: web.Request) -> web.StreamResponse:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    audit: AuditLog | None = None
+    if settings.audit_log != "off":
+        audit = app[AUDIT] = AuditLog(settings.audit_log, app[METRICS])
+        audit.open()
     session = outbound_session(settings)
     app[SESSION] = session
     pool = backend_pool(settings, app[METRICS])
@@ -158,6 +165,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             cache_seconds=settings.token_cache_seconds,
             max_concurrency=settings.idp_max_concurrency,
             slot_timeout=settings.idp_timeout_seconds,
+            audit=audit,
         )
         authenticator = app[BROKER_AUTH] = BrokerAuthenticator(
             store=store, metrics=app[METRICS], cache_seconds=settings.token_cache_seconds
@@ -192,6 +200,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         forward_authorization=settings.forward_client_token_effective,
         trusted_proxies=settings.trusted_proxies,
     )
+    guard = _guard(settings, app[METRICS], app.get(CREDENTIALS), audit)
     app[PROXY] = Proxy(
         pool=pool,
         upstream=upstream,
@@ -202,6 +211,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         resource_metadata_for=metadata.metadata_url_for,
         headers_timeout=settings.backend_timeout_seconds,
         resolver=resolver,
+        guard=guard,
     )
     health = app[HEALTH]
     health.ready = True
@@ -220,8 +230,32 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         health.ready = False
         await pool.close()
         await session.close()
+        if audit is not None:
+            audit.close()
         if owned_store:
             await app[STORE].close()
+
+
+def _guard(
+    settings: Settings, metrics: Metrics, credentials: CredentialBroker | None, audit: AuditLog | None
+) -> Guard | None:
+    """The request guard (issue 15), or None when neither a tool policy nor an audit log is configured."""
+    from sidecar.policy import compile_policy
+
+    policy, problems = compile_policy(settings.tool_policy, settings.tool_policy_default)
+    assert not problems, problems  # load_settings refused them already
+    if policy is None and audit is None:
+        return None
+    subjects: SubjectOf = BrokerSubjects(credentials) if credentials is not None else gate_subject
+    guard = Guard(
+        policy=policy,
+        hide_denied_tools=settings.hide_denied_tools,
+        subject_of=subjects,
+        metrics=metrics,
+        audit=audit,
+        audit_arguments=settings.audit_arguments == "hash",
+    )
+    return guard
 
 
 def _store_check(store: TokenStore) -> Callable[[], Awaitable[str | None]]:

@@ -113,6 +113,27 @@ class InsufficientScope(AuthProblem):
     reason: Reason = "insufficient_scope"
 
 
+class AccessDenied(Problem):
+    """403 from ``tool_policy``: a claim or condition rule failed, or the default is deny (more scopes would not
+    help, so there is no step-up challenge)."""
+
+    status = 403
+    error = "access_denied"
+    reason: Reason = "access_denied"
+
+
+class PayloadTooLarge(Problem):
+    status = 413
+    error = "invalid_request"
+    reason: Reason = "payload_too_large"
+
+
+class RequestTimeout(Problem):
+    status = 408
+    error = "invalid_request"
+    reason: Reason = "request_timeout"
+
+
 class HeaderTooLarge(Problem):
     status = 431
     error = "invalid_request"

@@ -1,4 +1,4 @@
-"""Command line: ``mcp-auth-sidecar serve|check-config|keygen``.
+"""Command line: ``mcp-auth-sidecar serve|check-config|keygen|grants|clients``.
 
 The names of commands and options are a contract with operators and their scripts: keep them stable.
 """
@@ -39,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", metavar="FILE", help="YAML config file (also MCP_SIDECAR_CONFIG)")
     check.add_argument("--print", action="store_true", dest="print_effective", help="print effective settings")
 
+    from sidecar.admin import add_parsers
+
+    add_parsers(sub, "YAML config file (also MCP_SIDECAR_CONFIG): the same as serve's")
+
     keygen = sub.add_parser("keygen", help="print a new AES-256 key ring entry for encryption_keys")
     keygen.add_argument("--kid", default=None, help="key id (default: k + a date-free random suffix)")
     return parser
@@ -68,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = _load(args)
     if settings is None:
         return 2
+    if args.command in ("grants", "clients"):
+        from sidecar.admin import main_admin
+
+        return main_admin(settings, args)
     if args.command == "check-config":
         if args.print_effective:
             print(json.dumps(describe(settings), indent=2, sort_keys=True, default=str))

@@ -109,6 +109,13 @@ class Settings(BaseModel):
     cimd_allow_private_addresses: bool = False
     rate_limit_per_minute: int = Field(60, ge=0)
 
+    # --- access control and audit (issue 15) ---
+    tool_policy: list[Any] = Field(default_factory=list)  # rules; compiled and checked by sidecar.policy
+    tool_policy_default: Literal["allow", "deny"] = "allow"
+    hide_denied_tools: bool = False
+    audit_log: str = "off"  # off | stdout | <path>
+    audit_arguments: Literal["off", "hash"] = "off"
+
     @field_validator(
         "authorization_servers",
         "audience",
@@ -123,6 +130,19 @@ class Settings(BaseModel):
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         return parse_list(value)
+
+    @field_validator("tool_policy", mode="before")
+    @classmethod
+    def _parse_policy(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return []
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected a JSON array of rules ({exc.msg})") from exc
+        return [] if value is None else value
 
     @field_validator("inject_headers", mode="before")
     @classmethod
@@ -476,6 +496,8 @@ def semantic_problems(s: Settings, sources: Mapping[str, str] | None = None) -> 
         for message in header_template_problems(s.inject_headers):
             out.append(Problem("inject_headers", message, None, src.get("inject_headers")))
 
+    out += _access_problems(s, src)
+
     if s.mode == "broker":
         for key in ("idp_issuer", "idp_client_id", "idp_client_secret"):
             if getattr(s, key) in (None, ""):
@@ -498,6 +520,25 @@ def semantic_problems(s: Settings, sources: Mapping[str, str] | None = None) -> 
             )
         if s.store == "memory" and s.workers > 1:
             add("workers", "store: memory lives in one process: use store: redis with more than one worker", s.workers)
+    return out
+
+
+def _access_problems(s: Settings, src: Mapping[str, str]) -> list[Problem]:
+    """tool_policy (every problem of every rule at once) and audit_log (issue 15)."""
+    from sidecar.policy import compile_policy  # the CEL runtime loads only when a rule has a condition
+
+    out = [Problem("tool_policy", p, None, src.get("tool_policy")) for p in compile_policy(s.tool_policy)[1]]
+    target = s.audit_log
+    if target not in ("off", "stdout"):
+        parent = Path(target).parent
+        if not target.strip() or target.endswith("/"):
+            out.append(Problem("audit_log", "must be off, stdout or the path of a file", repr(target)))
+        elif not parent.is_dir():
+            out.append(Problem("audit_log", f"the directory {str(parent)!r} does not exist", repr(target),
+                               src.get("audit_log")))
+        elif not os.access(parent, os.W_OK) and not os.access(target, os.W_OK):
+            out.append(Problem("audit_log", "the file cannot be written by this user", repr(target),
+                               src.get("audit_log")))
     return out
 
 

@@ -579,6 +579,27 @@ class IdPClient:
             form["scope"] = scope
         return await self._token_request(form)
 
+    async def revoke(self, token: str, token_type_hint: str = "refresh_token") -> bool:
+        """RFC 7009 §2.1 at the IdP's ``revocation_endpoint`` (admin revocation). ``False`` when the IdP has none.
+
+        §2.2: "The authorization server responds with HTTP status code 200 if the token has been revoked
+        successfully or if the client submitted an invalid token". Raises :class:`IdPUnavailable` otherwise.
+        """
+        metadata = await self.discover()
+        if not metadata.revocation_endpoint:
+            return False
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        body = {"token": token, "token_type_hint": token_type_hint}
+        if self._auth_method == "client_secret_basic":
+            headers["Authorization"] = basic_authorization(self._client_id, self._client_secret)
+        else:
+            body["client_id"] = self._client_id
+            body["client_secret"] = self._client_secret
+        answer = await self._send("POST", metadata.revocation_endpoint, data=body, headers=headers)
+        if answer.status != 200:
+            raise IdPUnavailable("the IdP's revocation endpoint refused the request", status=answer.status)
+        return True
+
     async def _token_request(self, form: dict[str, str]) -> TokenSet:
         metadata = await self.discover()
         grant_type = form["grant_type"]

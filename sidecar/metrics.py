@@ -97,6 +97,14 @@ class Metrics:
             "mcp_sidecar_rate_limited_total", "Requests answered 429 by the OAuth rate limit, by endpoint.",
             ["endpoint"], registry=r,
         )
+        self.tool_calls = Counter(
+            "mcp_sidecar_tool_calls_total",
+            "tools/call messages judged by tool_policy, by tool (bounded; overflow is 'other') and decision.",
+            ["tool", "decision"], registry=r,
+        )
+        self.audit_dropped = Counter(
+            "mcp_sidecar_audit_dropped_total", "Audit events dropped because the writer fell behind.", registry=r
+        )
         self._status_children: dict[int, Counter] = {}
         self._reason_children: dict[str, Counter] = {}
 

@@ -41,6 +41,8 @@ Reason = Literal[
     "forbidden_origin",
     "bad_request",
     "header_too_large",
+    "payload_too_large",
+    "request_timeout",
     "rate_limited",
     "unavailable",
     "bad_gateway",

@@ -34,6 +34,7 @@ from sidecar.backend import (
     UnrepresentableHeader,
 )
 from sidecar.challenge import (
+    AccessDenied,
     AuthProblem,
     BadGateway,
     BadRequest,
@@ -42,8 +43,10 @@ from sidecar.challenge import (
     HTTPProblem,
 )
 from sidecar.cors import CorsPolicy
+from sidecar.guard import Guard, Ticket
 from sidecar.headers import RequestHeaderPolicy, response_headers
 from sidecar.metrics import Metrics
+from sidecar.tool_filter import FilterError, SseFilter
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -94,6 +97,7 @@ class Proxy:
         headers_timeout: float,
         resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
+        guard: Guard | None = None,
     ) -> None:
         self._pool = pool
         self._base_path = upstream.raw_path.rstrip("/")
@@ -105,6 +109,7 @@ class Proxy:
         self._headers_timeout = headers_timeout
         self._resolver = resolver
         self._clock = clock
+        self._guard = guard  # issue 15: tool policy and audit; None (nothing parsed) when neither is configured
         # Handler tasks relaying a response body right now, and those told to end it (graceful shutdown).
         self._streams: set[asyncio.Task[object]] = set()
         self._ending: set[asyncio.Task[object]] = set()
@@ -119,6 +124,18 @@ class Proxy:
         return len(self._streams)
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
+        if self._guard is None:
+            return await self._handle(request, None)
+        ticket = self._guard.start()
+        status = 499  # the client went away before an answer
+        try:
+            resp = await self._handle(request, ticket)
+            status = resp.status
+            return resp
+        finally:
+            self._guard.finish(ticket, request, ticket.status or status)
+
+    async def _handle(self, request: web.Request, ticket: Ticket | None) -> web.StreamResponse:
         started = time.perf_counter()
         origin = request.headers.get("Origin")
         cors_headers: Mapping[str, str] | None = None
@@ -135,15 +152,24 @@ class Proxy:
                 # the one checked here would act on a bearer the sidecar never checked.
                 raise BadRequest("more than one Authorization header")
             identity = await self._auth.authenticate(authorization[0] if authorization else None, self._clock())
+            if ticket is not None:
+                assert self._guard is not None
+                await self._guard.admit(ticket, request, identity)
             inject = await self._resolver(identity) if self._resolver is not None else None
-            response = await self._relay(request, inject, cors_headers, started)
+            response = await self._relay(request, inject, cors_headers, started, ticket)
         except AuthProblem as problem:
             self._metrics.count_rejection(problem.reason)
+            if ticket is not None:
+                ticket.fail(problem)
             resp = problem.response(self._rm_for(request.path))
             if cors_headers:
                 resp.headers.update(cors_headers)
             return self._finish(resp, started)
         except HTTPProblem as problem:
+            if ticket is not None:
+                ticket.fail(problem)
+                if isinstance(problem, AccessDenied):
+                    self._metrics.count_rejection(problem.reason)
             resp = problem.response(self._rm_for(request.path))
             if cors_headers:
                 resp.headers.update(cors_headers)
@@ -161,11 +187,14 @@ class Proxy:
         inject: Mapping[str, str] | None,
         cors_headers: Mapping[str, str] | None,
         started: float,
+        ticket: Ticket | None = None,
     ) -> web.StreamResponse:
         headers = self._headers.build(request.headers, remote=request.remote, inject=inject)
         data: Body
         length = request.content_length
-        if not request.body_exists:
+        if ticket is not None and ticket.body is not None:
+            data = ticket.body  # read whole by the guard; sent with its own Content-Length
+        elif not request.body_exists:
             data = None
         elif length is not None and length <= SMALL_BODY_BYTES:
             data = await request.read()
@@ -194,7 +223,7 @@ class Proxy:
             log.warning("backend request failed: %s", problem.description, extra={"error": type(exc).__name__})
             raise problem from None
         try:
-            return await self._respond(request, backend, cors_headers, started)
+            return await self._respond(request, backend, cors_headers, started, ticket)
         finally:
             # A body we did not finish (client gone, handler cancelled) must close the backend connection,
             # so the backend sees the cancellation; a finished one goes back to the keep-alive pool.
@@ -209,17 +238,32 @@ class Proxy:
         backend: BackendResponse,
         cors_headers: Mapping[str, str] | None,
         started: float,
+        ticket: Ticket | None = None,
     ) -> web.StreamResponse:
         headers = response_headers(backend.headers, cors_headers)
         length = backend.content_length
         status = backend.status
-        if request.method == "HEAD" or status in (204, 304) or (length is not None and length <= SMALL_BODY_BYTES):
+        sse = None
+        whole = False
+        if ticket is not None and ticket.filters():
+            # hide_denied_tools: JSON answers are read whole and filtered; SSE is filtered event by event.
+            sse = ticket.stream_filter(headers.get("Content-Type", ""))
+            whole = sse is None
+            headers.popall("Content-Length", None)
+        if (
+            whole
+            or request.method == "HEAD"
+            or status in (204, 304)
+            or (length is not None and length <= SMALL_BODY_BYTES)
+        ):
             try:
                 body = await backend.read() if request.method != "HEAD" else b""
             except BackendError as exc:
                 problem = _translate(exc, self._headers_timeout)
                 self._metrics.backend_errors.labels("broken_body").inc()
                 raise problem from None
+            if ticket is not None:
+                body = ticket.filter_body(body)
             resp = _Relayed(status=status, reason=backend.reason, headers=headers)
             resp.untyped = "Content-Type" not in headers
             if body:
@@ -228,17 +272,22 @@ class Proxy:
 
         out = _RelayedStream(status=status, reason=backend.reason, headers=headers)
         out.untyped = "Content-Type" not in headers
-        if length is not None:
+        if length is not None and sse is None:
             out.content_length = length
         await out.prepare(request)
+        if ticket is not None:
+            ticket.status = status  # sent: a client that leaves mid-stream still got this status
         self._finish(out, started)
         self._metrics.open_streams.inc()
         task = asyncio.current_task()
         if task is not None:
             self._streams.add(task)
         try:
-            async for chunk in backend.iter_chunks():
-                await out.write(chunk)
+            if ticket is None:
+                async for chunk in backend.iter_chunks():
+                    await out.write(chunk)
+            else:
+                await self._write_counted(out, backend, ticket, sse)
         except asyncio.CancelledError:
             # Only a stream ended by end_streams() finishes normally; a sized body cut short would be a lie.
             if task is None or task not in self._ending or length is not None:
@@ -261,6 +310,24 @@ class Proxy:
         await out.write_eof()
         return out
 
+    @staticmethod
+    async def _write_counted(
+        out: web.StreamResponse, backend: BackendResponse, ticket: Ticket, sse: SseFilter | None
+    ) -> None:
+        try:
+            async for chunk in backend.iter_chunks():
+                if sse is not None:
+                    chunk = sse.feed(chunk)
+                ticket.response_bytes += len(chunk)
+                if chunk:
+                    await out.write(chunk)
+            if sse is not None:
+                tail = sse.finish()
+                ticket.response_bytes += len(tail)
+                if tail:
+                    await out.write(tail)
+        except FilterError as exc:
+            raise BackendProtocolError(str(exc)) from None
 
 
 class _Relayed(web.Response):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from sidecar.audit import AuditLog
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.idp import IdPError, IdPRejected, IdPUnavailable, TokenSet, UpstreamIdP
 from sidecar.metrics import Metrics
@@ -105,7 +106,9 @@ class CredentialBroker:
         max_concurrency: int = DEFAULT_IDP_MAX_CONCURRENCY,
         slot_timeout: float = DEFAULT_IDP_TIMEOUT_SECONDS,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._store = store
         # At most this many refreshes talk to the IdP at once (idp_max_concurrency): when a thousand grants
         # expire together, the IdP sees a steady trickle, not a burst it answers with 429s or falls over from.
@@ -255,6 +258,7 @@ class CredentialBroker:
         except IdPRejected as exc:
             if exc.drops_credentials:
                 self._metrics.upstream_refreshes.labels("rejected").inc()
+                self._record(grant, "invalid_grant")
                 log.warning("upstream refresh rejected; credentials dropped",
                             extra={"grant": grant_id, "error": exc.error, "description": exc.description})
                 try:
@@ -263,8 +267,10 @@ class CredentialBroker:
                     self._metrics.store_errors.labels("drop_upstream").inc()
                 self.forget(grant_id)
                 raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
+            self._record(grant, "unavailable")
             return self._fallback(grant, now, f"the IdP refused the refresh ({exc.error})")
         except (IdPUnavailable, IdPError, jwt.PyJWTError) as exc:
+            self._record(grant, "unavailable")
             return self._fallback(grant, now, f"the IdP is unavailable ({type(exc).__name__})")
         new = merged_credentials(creds, tokens, id_exp)
         try:
@@ -278,6 +284,7 @@ class CredentialBroker:
                 "the credential store is unreachable", retry_after=STORE_RETRY_AFTER_SECONDS
             ) from exc
         self._metrics.upstream_refreshes.labels("refreshed").inc()
+        self._record(grant, "ok")
         if not written:
             latest = await self._read(grant_id)  # lost the race (lock expired mid-refresh): take the winner's
             if latest is None or latest.upstream is None:
@@ -296,6 +303,13 @@ class CredentialBroker:
             claims=grant.claims,
             upstream=new,
         )
+
+    def _record(self, grant: Grant, outcome: str) -> None:
+        if self._audit is not None:
+            self._audit.emit(
+                "upstream.refresh",
+                {"grant": grant.grant_id, "sub": grant.subject, "client_id": grant.client_id, "outcome": outcome},
+            )
 
     def _fallback(self, grant: Grant, now: float, why: str) -> Grant:
         """IdP trouble: keep everything; use the current token while valid, else 503."""

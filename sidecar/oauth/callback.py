@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.audit import record
 from sidecar.idp import IdPRejected, IdPUnavailable, IdTokenInvalid, sanitize_description
 from sidecar.oauth.common import SECRET_BYTES
 from sidecar.oauth.consent import CONSENT_TTL_SECONDS, cookie_name
@@ -101,6 +102,7 @@ async def handle(request: web.Request) -> web.Response:
         claims, upstream = await _login(request, code, str(pending["verifier"]), str(pending["nonce"]))
     except Problem as err:
         count(request, "login", err)
+        record(request.app, "oauth.login", client_id=req.client_id, outcome=err.error, remote=request.remote)
         return error_to_client(req.redirect_uri, req.state, err, issuer=issuer)
 
     subject = str(claims["sub"])
@@ -143,6 +145,8 @@ async def handle(request: web.Request) -> web.Response:
         metrics_of(request).store_errors.labels("put_consent").inc()  # a convenience record: not fatal
     count(request, "login", "completed")
     log.info("login completed", extra={"client_id": req.client_id, "grant": grant.grant_id})
+    record(request.app, "oauth.login", sub=subject, client_id=req.client_id, grant=grant.grant_id,
+           scopes=list(req.scopes), outcome="ok", remote=request.remote)
     return redirect_to_client(req.redirect_uri, {"code": our_code, "state": req.state}, issuer=issuer)
 
 

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.keys import SETTINGS
+from sidecar.policy import policy_scopes
 from sidecar.providers import OFFLINE_ACCESS_SCOPE
 
 # Paths of our endpoints, under public_url (DESIGN §3: own endpoints live under /oauth/ and /.well-known/).
@@ -78,8 +79,9 @@ def issuer_of(settings: Settings) -> str:
 
 
 def supported_scopes(settings: Settings) -> list[str]:
-    """What clients may ask for: the upstream scopes, the required scopes and ``offline_access``."""
-    return dedupe([*settings.idp_scopes, *settings.required_scopes, OFFLINE_ACCESS_SCOPE])
+    """What clients may ask for: the upstream scopes, the required scopes, ``offline_access`` and the scopes that
+    tool_policy rules require (so a client can step up to them after a 403 ``insufficient_scope``)."""
+    return dedupe([*settings.idp_scopes, *settings.required_scopes, OFFLINE_ACCESS_SCOPE, *policy_scopes(settings)])
 
 
 def default_scopes(settings: Settings) -> list[str]:

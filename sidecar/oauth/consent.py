@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from sidecar.audit import record as audit_record
 from sidecar.oauth.clients import Client
 from sidecar.oauth.common import SECRET_BYTES, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
@@ -164,6 +165,8 @@ async def handle_post(request: web.Request) -> web.Response:
         if decision == "deny":
             count(request, "consent", "denied")
             log.info("consent denied", extra={"client_id": req.client_id})
+            audit_record(request.app, "oauth.consent", client_id=req.client_id, scopes=list(req.scopes), outcome="deny",
+                   remote=request.remote)
             return error_to_client(
                 req.redirect_uri, req.state, AccessDenied("the user denied access"), issuer=st.endpoints.issuer,
                 status=303,
@@ -178,6 +181,8 @@ async def handle_post(request: web.Request) -> web.Response:
             raise store_down(request, "put_consent", exc) from exc
         count(request, "consent", "approved")
         log.info("consent given", extra={"client_id": req.client_id, "scopes": " ".join(req.scopes)})
+        audit_record(request.app, "oauth.consent", client_id=req.client_id, scopes=list(req.scopes), outcome="approve",
+               remote=request.remote)
         return await redirect_upstream(request, req, cookie, status=303)
     except Problem as err:
         count(request, "consent", err)

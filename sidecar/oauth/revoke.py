@@ -18,6 +18,7 @@ import logging
 
 from aiohttp import web
 
+from sidecar.audit import record
 from sidecar.keys import BROKER_AUTH, CREDENTIALS
 from sidecar.oauth.common import secure_equal
 from sidecar.oauth.context import store_down, store_of
@@ -46,6 +47,8 @@ async def handle(request: web.Request) -> web.Response:
                     revoked = await store.revoke_token(token)
                     if revoked:
                         log.info("token revoked", extra={"grant": parsed.grant_id, "kind": parsed.kind})
+                        record(request.app, "oauth.revoke", grant=parsed.grant_id, sub=grant.subject,
+                               client_id=grant.client_id, outcome=f"{parsed.kind}_revoked", remote=request.remote)
             except StoreUnavailable as exc:
                 raise store_down(request, "revoke_token", exc) from exc
             except RecordCorrupt:

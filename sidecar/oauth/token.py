@@ -35,6 +35,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from sidecar.audit import record
 from sidecar.idp import IdPError, IdPRejected
 from sidecar.oauth.clients import Client, authenticate, presented_credentials
 from sidecar.oauth.common import (
@@ -140,6 +141,7 @@ async def authenticated_client(request: web.Request, form: dict[str, str]) -> Cl
 async def handle(request: web.Request) -> web.Response:
     st = oauth(request)
     grant_type: str | None = None
+    form: dict[str, str] | None = None
     try:
         wait = st.limits["token"].check(client_address(request))
         if wait:
@@ -162,12 +164,23 @@ async def handle(request: web.Request) -> web.Response:
             body = await _refresh_token(request, client, form)
     except Problem as err:
         count(request, "token", err, grant_type)
+        record(request.app, "oauth.token", grant_type=_grant_type_label(form), outcome=err.error,
+               remote=request.remote)
         response = err.response()
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
     count(request, "token", "issued", grant_type)
     await _renew_registration(request, client)
+    issued = parse_client_token(str(body.get("access_token", "")))
+    record(request.app, "oauth.token", client_id=client.client_id, grant_type=grant_type, outcome="ok",
+           grant=issued.grant_id if issued else None, scopes=str(body.get("scope", "")).split(),
+           remote=request.remote)
     return _json(body)
+
+
+def _grant_type_label(form: dict[str, str] | None) -> str | None:
+    value = (form or {}).get("grant_type")
+    return value if value in ("authorization_code", "refresh_token") else None if value is None else "other"
 
 
 async def _renew_registration(request: web.Request, client: Client) -> None:
@@ -323,6 +336,8 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     if result.outcome is RotationOutcome.REUSE_DETECTED:
         metrics_of(request).oauth_refresh_reuse.labels("revoked").inc()
         log.warning("refresh token reused after rotation: token family revoked", extra={"grant": grant.grant_id})
+        record(request.app, "oauth.refresh_reuse", grant=grant.grant_id, sub=grant.subject, client_id=grant.client_id,
+               outcome="family_revoked", remote=request.remote)
         raise InvalidGrant("the refresh token was already used; every token of this authorization is revoked")
     if result.outcome is RotationOutcome.INVALID or result.tokens is None:
         raise InvalidGrant("the refresh token is invalid, expired or revoked")

@@ -30,13 +30,19 @@ LAYERS: list[tuple[str, list[str]]] = [
             "sidecar.metadata",
             "sidecar.metrics",
             "sidecar.health",
+            "sidecar.policy",
+            "sidecar.mcp_message",
+            "sidecar.tool_filter",
         ],
     ),
-    ("adapters", ["sidecar.backend", "sidecar.idp", "sidecar.jwks", "sidecar.store"]),
-    ("engines", ["sidecar.inject", "sidecar.auth", "sidecar.refresh", "sidecar.broker", "sidecar.proxy"]),
+    ("adapters", ["sidecar.audit", "sidecar.backend", "sidecar.idp", "sidecar.jwks", "sidecar.store"]),
+    (
+        "engines",
+        ["sidecar.guard", "sidecar.inject", "sidecar.auth", "sidecar.refresh", "sidecar.broker", "sidecar.proxy"],
+    ),
     ("state", ["sidecar.keys"]),
     ("front door", ["sidecar.oauth"]),
-    ("wiring", ["sidecar.app", "sidecar.server", "sidecar.cli", "sidecar.__main__", "sidecar.demo"]),
+    ("wiring", ["sidecar.admin", "sidecar.app", "sidecar.server", "sidecar.cli", "sidecar.__main__", "sidecar.demo"]),
 ]
 
 # Modules that decide and never do I/O: no network, storage or clock libraries.
@@ -48,6 +54,9 @@ PURE = [
     "sidecar.config",
     "sidecar.headers",
     "sidecar.inject",
+    "sidecar.policy",
+    "sidecar.mcp_message",
+    "sidecar.tool_filter",
 ]
 IO_LIBRARIES = {"aiohttp", "redis", "socket", "asyncio", "time", "httptools", "ssl"}
 

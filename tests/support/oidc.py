@@ -77,6 +77,7 @@ DEFAULT_REFRESHED_ID_TOKEN_LIFETIME = 3600
 MOCK_FORWARD_TIMEOUT_SECONDS = 10.0
 
 TOKEN_PATH = "/oauth2/token"
+REVOKE_PATH = "/front/revoke"
 AUTHORIZE_PATH = "/oauth2/authorize"
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 
@@ -217,6 +218,7 @@ class IdPFront:
         self.refresh_rejections = 0
         self.token_requests: list[TokenRequestRecord] = []
         self.authorize_requests: list[dict[str, str]] = []
+        self.revoked: list[str] = []  # tokens revoked at the RFC 7009 endpoint (advertised via discovery_overrides)
         # --- state ---
         self._down: Literal["503", "hang"] | None = None
         self._wake = asyncio.Event()
@@ -249,6 +251,7 @@ class IdPFront:
         app = web.Application(middlewares=[self._down_middleware])
         app.router.add_get(DISCOVERY_PATH, self._discovery)
         app.router.add_post(TOKEN_PATH, self._token)
+        app.router.add_post(REVOKE_PATH, self._revoke)
         app.router.add_route("*", AUTHORIZE_PATH, self._authorize)
         app.router.add_route("*", "/{tail:.*}", self._passthrough)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=MOCK_FORWARD_TIMEOUT_SECONDS))
@@ -482,6 +485,21 @@ class IdPFront:
         if posted:
             return "client_secret_post", form.get("client_id"), form.get("client_secret")
         return "none", form.get("client_id"), None
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return self.issuer + REVOKE_PATH
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        """RFC 7009: client-authenticated; a refresh token of ours stops working; unknown tokens are 200 too."""
+        form = {key: str(value) for key, value in (await request.post()).items()}
+        _, client_id, client_secret = self._client_auth(request, form)
+        if self.check_client and (client_id != self.client_id or client_secret != self.client_secret):
+            return _oauth_error(401, "invalid_client", "client authentication failed")
+        token = form.get("token", "")
+        self.revoked.append(token)
+        self._refresh_tokens.pop(token, None)
+        return web.Response(status=200)
 
     async def _token(self, request: web.Request) -> web.Response:
         form = {key: str(value) for key, value in (await request.post()).items()}
