@@ -107,13 +107,12 @@ class Proxy:
         if self._guard is None:
             return await self._handle(request, None)
         ticket = self._guard.start()
-        status = 499  # the client went away before an answer
         try:
             resp = await self._handle(request, ticket)
-            status = resp.status
+            ticket.status = resp.status
             return resp
         finally:
-            self._guard.finish(ticket, request, status)
+            self._guard.finish(ticket, request, ticket.status or 499)  # 499: gone before any answer
 
     async def _handle(self, request: web.Request, ticket: Ticket | None) -> web.StreamResponse:
         started = time.perf_counter()
@@ -251,6 +250,8 @@ class Proxy:
         if length is not None and sse is None:
             out.content_length = length
         await out.prepare(request)
+        if ticket is not None:
+            ticket.status = status  # sent: a client leaving mid-stream does not change it
         self._finish(out, started)
         self._metrics.open_streams.inc()
         try:
