@@ -19,7 +19,7 @@ from sidecar.auth import Authenticator, GateAuthenticator
 from sidecar.backend import BackendPool
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
-from sidecar.guard import BrokerSubjects, Guard, SubjectOf, gate_subject
+from sidecar.guard import BrokerSubjects, GateSubjects, Guard, SubjectOf
 from sidecar.headers import RequestHeaderPolicy
 from sidecar.health import Health
 from sidecar.inject import BROKER_DEFAULTS, ID_TOKEN_DEFAULTS, ClaimsResolver, HeaderTemplates
@@ -246,7 +246,7 @@ def _guard(
     assert not problems, problems  # load_settings refused them already
     if policy is None and audit is None:
         return None
-    subjects: SubjectOf = BrokerSubjects(credentials) if credentials is not None else gate_subject
+    subjects: SubjectOf = BrokerSubjects(credentials) if credentials is not None else GateSubjects()
     guard = Guard(
         policy=policy,
         hide_denied_tools=settings.hide_denied_tools,

@@ -131,6 +131,12 @@ class Settings(BaseModel):
     def _split_list(cls, value: Any) -> Any:
         return parse_list(value)
 
+    @field_validator("audit_log", "audit_arguments", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false; the contract spells the setting `audit_log: off`.
+        return "off" if value is False else value
+
     @field_validator("tool_policy", mode="before")
     @classmethod
     def _parse_policy(cls, value: Any) -> Any:

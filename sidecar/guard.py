@@ -73,11 +73,27 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def gate_subject(identity: Identity) -> Subject:
-    """Gate mode: the token's own claims; the client is ``azp`` (OIDC) or ``client_id`` (RFC 9068)."""
-    claims = identity.claims
-    client = _str(claims.get("azp")) or _str(claims.get("client_id"))
-    return Subject(_str(claims.get("sub")), client, claims, scopes_of(claims))
+class GateSubjects:
+    """Gate mode: the token's own claims; the client is ``azp`` (OIDC) or ``client_id`` (RFC 9068).
+
+    The authenticator hands out one claims object per cached token, so the Subject is remembered per claims
+    object (held strongly, so its identity cannot be reused while remembered)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[Mapping[str, Any], Subject]] = {}
+
+    async def __call__(self, identity: Identity) -> Subject:
+        claims = identity.claims
+        hit = self._seen.get(id(claims))
+        if hit is not None and hit[0] is claims:
+            return hit[1]
+        client = _str(claims.get("azp")) or _str(claims.get("client_id"))
+        subject = Subject(_str(claims.get("sub")), client, claims, scopes_of(claims))
+        if len(self._seen) >= SUBJECT_CACHE_ENTRIES:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[id(claims)] = (claims, subject)
+        return subject
+
 
 
 class BrokerSubjects:
@@ -85,13 +101,14 @@ class BrokerSubjects:
 
     def __init__(self, credentials: CredentialBroker) -> None:
         self._credentials = credentials
+        self._tokens = GateSubjects()
         # The Subject built from the grant object the credential cache returned last: while that cache hands
         # out the same object, the claims object stays the same too (the policy's CEL cache is keyed on it).
         self._last: dict[str, tuple[Any, Subject]] = {}
 
     async def __call__(self, identity: Identity) -> Subject:
         if identity.grant_id is None:  # client_token: id_token: the bearer is the IdP's id_token
-            return await gate_subject(identity)
+            return await self._tokens(identity)
         grant = await self._credentials.current(identity.grant_id)  # cached: the resolver reads it again
         seen = self._last.get(grant.grant_id)
         if seen is not None and seen[0] is grant:
@@ -271,6 +288,8 @@ async def _read_body(request: web.Request) -> bytes:
     length = request.content_length
     if length is not None and length > MAX_POLICY_BODY_BYTES:
         raise PayloadTooLarge(f"the request body is larger than {MAX_POLICY_BODY_BYTES} bytes")
+    if length is not None and request.content.is_eof():
+        return await request.read()  # all of it arrived with the headers (the usual small JSON-RPC message)
     chunks: list[bytes] = []
     total = 0
     try:

@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import functools
+import importlib.machinery
+import importlib.util
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 # Bounds of the decision caches (see Policy): distinct (method, tool) pairs, and (caller, method, tool) triples.
@@ -162,9 +166,7 @@ class Policy:
         hit = self._contexts.get(key)
         if hit is not None and hit[0] is caller.claims:
             return hit[1]
-        import cel
-
-        context = cel.Context(cel_activation(caller, Call(call.method, call.tool, None)))
+        context = cel_runtime().Context(cel_activation(caller, Call(call.method, call.tool, None)))
         if len(self._contexts) >= CONTEXT_CACHE_ENTRIES:
             self._contexts.pop(next(iter(self._contexts)))
         self._contexts[key] = (caller.claims, context)
@@ -274,8 +276,35 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern), re.DOTALL)
 
 
+@functools.cache
+def cel_runtime() -> Any:
+    """The compiled ``cel`` extension module, without its package's ``__init__``.
+
+    ``import cel`` also imports the package's command-line REPL (typer, rich, prompt_toolkit, pygments: ~30 MB
+    per worker). The extension itself is all the sidecar needs, so it is loaded directly from the package
+    directory; should the layout ever change, the plain import is the fallback.
+    """
+    try:
+        spec = importlib.util.find_spec("cel")
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        for path in sorted(p for d in locations for p in Path(d).glob("cel.*.so")):
+            loader = importlib.machinery.ExtensionFileLoader("cel", str(path))
+            ext_spec = importlib.util.spec_from_file_location("cel", path, loader=loader)
+            if ext_spec is None:
+                continue
+            module = importlib.util.module_from_spec(ext_spec)
+            loader.exec_module(module)
+            if hasattr(module, "compile") and hasattr(module, "Context"):
+                return module
+    except (ImportError, OSError):
+        pass
+    import cel
+
+    return cel
+
+
 def _cel_problems(source: str) -> tuple[Any, list[str]]:
-    import cel  # the Rust extension: loaded only when a rule has a condition
+    cel = cel_runtime()  # the Rust extension: loaded only when a rule has a condition
 
     try:
         program = cel.compile(source)

@@ -127,13 +127,12 @@ class Proxy:
         if self._guard is None:
             return await self._handle(request, None)
         ticket = self._guard.start()
-        status = 499  # the client went away before an answer
         try:
             resp = await self._handle(request, ticket)
-            status = resp.status
+            ticket.status = resp.status
             return resp
         finally:
-            self._guard.finish(ticket, request, ticket.status or status)
+            self._guard.finish(ticket, request, ticket.status or 499)  # 499: gone before any answer
 
     async def _handle(self, request: web.Request, ticket: Ticket | None) -> web.StreamResponse:
         started = time.perf_counter()
@@ -276,7 +275,7 @@ class Proxy:
             out.content_length = length
         await out.prepare(request)
         if ticket is not None:
-            ticket.status = status  # sent: a client that leaves mid-stream still got this status
+            ticket.status = status  # sent: a client leaving mid-stream does not change it
         self._finish(out, started)
         self._metrics.open_streams.inc()
         task = asyncio.current_task()
