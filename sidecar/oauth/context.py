@@ -13,10 +13,11 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from sidecar.app import IDP, METRICS, SETTINGS, STORE
+from sidecar.app import CREDENTIALS, IDP, METRICS, SETTINGS, STORE
 from sidecar.config import Settings
 from sidecar.idp import IdPClient
 from sidecar.metrics import Metrics
@@ -26,6 +27,9 @@ from sidecar.oauth.common import Endpoints, default_scopes, supported_scopes
 from sidecar.oauth.errors import TemporarilyUnavailable
 from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.store.base import StoreUnavailable, TokenStore
+
+if TYPE_CHECKING:
+    from sidecar.refresh import CredentialBroker
 
 # Retry-After for a 503 caused by the store (DESIGN §4: the caller should try again shortly).
 STORE_RETRY_AFTER_SECONDS = 2
@@ -68,6 +72,11 @@ def store_of(request: web.Request) -> TokenStore:
 
 def idp_of(request: web.Request) -> IdPClient:
     return request.app[IDP]
+
+
+def credentials_of(request: web.Request) -> CredentialBroker:
+    """The get-or-refresh engine (single flight, store lock) shared with the proxied path."""
+    return request.app[CREDENTIALS]
 
 
 def metrics_of(request: web.Request) -> Metrics:
