@@ -47,7 +47,7 @@ const configuration = {
   features: { devInteractions: { enabled: true }, revocation: { enabled: true }, userinfo: { enabled: true } },
   findAccount: async (_ctx, sub) => ({
     accountId: sub,
-    claims: async () => ({ sub, email: `${sub}@example.com`, email_verified: true, name: `User ${sub}` }),
+    claims: async () => ({ sub, email: sub.includes('@') ? sub : `${sub}@example.com`, email_verified: true, name: `User ${sub}` }),
   }),
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
 };

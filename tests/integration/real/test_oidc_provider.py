@@ -40,9 +40,11 @@ UNTIL_REFRESH = ACCESS_TTL / 2 + 0.2
 class Echo:
     def __init__(self) -> None:
         self.auth: list[str] = []
+        self.email: list[str] = []
 
     async def handle(self, request: web.Request) -> web.Response:
         self.auth.append(request.headers.get("Authorization", ""))
+        self.email.append(request.headers.get("X-Forwarded-Email", ""))
         return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}})
 
 
@@ -203,3 +205,14 @@ async def test_failed_id_token_check_after_rotation_keeps_the_grant(echo: tuple[
         await asyncio.sleep(UNTIL_REFRESH)
         assert await call(http, sidecar, body["access_token"]) == 200
         assert await refreshes(idp) == (2, 0), idp.output
+
+
+@pytest.mark.parametrize("userinfo", [False, True])
+async def test_email_from_userinfo_when_the_id_token_lacks_it(echo: tuple[Echo, str], userinfo: bool) -> None:
+    """oidc-provider follows OIDC Core §5.4: with an access token issued, ``email`` is served by the userinfo
+    endpoint, not put in the ID token; ``idp_userinfo_claims: true`` fills ``{claims.email}`` from there."""
+    backend, upstream = echo
+    async with world(upstream, idp_userinfo_claims=userinfo) as (idp, [sidecar]), aiohttp.ClientSession() as http:
+        _, body = await login(idp, sidecar, http)
+        assert await call(http, sidecar, body["access_token"]) == 200
+    assert backend.email == (["alice@example.com"] if userinfo else [""])
