@@ -1,14 +1,20 @@
 """Upstream credentials, get-or-refresh: refreshed once, never forwarded stale (DESIGN §7).
 
-1. :func:`needs_refresh` is pure: the access token is missing, or expires within ``skew`` seconds.
+1. :func:`needs_refresh` is pure: the access token is missing, or expires within ``skew`` seconds, the skew
+   clamped to at most half of the token's lifetime (:func:`effective_skew`), so a skew at or above the IdP's
+   token lifetime cannot make every request refresh.
 2. In-process single-flight: concurrent requests for one grant share one refresh task.
 3. Across replicas: the store's lock (``SET NX PX``, TTL longer than the IdP timeout). The holder re-reads the
    record (another replica may have refreshed it already), calls the IdP's ``refresh_token`` grant
    (RFC 6749 §6), keeps the old refresh token when the IdP returns none, and writes with compare-and-set on
-   ``generation``. Waiters poll the record, not the IdP.
-4. ``invalid_grant`` / ``invalid_client``: the upstream credentials are dropped and the client is told to
-   re-authorize (401). Timeout / 5xx: nothing is dropped; the current token is used while it is still valid,
-   else 503 + ``Retry-After``.
+   ``generation`` at once: the IdP has consumed the old refresh token, so its answer is stored before
+   anything else can fail. A new ID token is verified afterwards and adopted by a second write only when it
+   verifies. Waiters poll the record, not the IdP. ``client_token: id_token`` refreshes through the same
+   engine (:meth:`CredentialBroker.refresh_id_token`).
+4. ``invalid_grant`` / ``invalid_client``, or no refresh token and an expired access token: the upstream
+   credentials are dropped (the grant is dead: ``/oauth/token`` answers ``invalid_grant``) and the client is
+   told to re-authorize (401). Timeout / 5xx: nothing is dropped; the current token is used while it is still
+   valid, else 503 + ``Retry-After``.
 5. An expired upstream access token is never returned, so never forwarded.
 
 Decrypted credentials are cached in-process for at most ``token_cache_seconds`` and never past
