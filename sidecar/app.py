@@ -106,6 +106,8 @@ def build_app(
     for base in dict.fromkeys(["", prefix]):
         app.router.add_get(base + WELL_KNOWN, metadata.handle)
         app.router.add_get(base + WELL_KNOWN + "/{suffix:[\\s\\S]*}", metadata.handle)
+        app.router.add_route("OPTIONS", base + WELL_KNOWN, metadata.preflight)
+        app.router.add_route("OPTIONS", base + WELL_KNOWN + "/{suffix:[\\s\\S]*}", metadata.preflight)
         app.router.add_get(base + "/healthz", health.healthz)
         app.router.add_get(base + "/readyz", health.readyz)
     if settings.mode == "broker":

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sidecar.challenge import HeaderTooLarge, InsufficientScope, InvalidToken, MissingToken
+from sidecar.challenge import AuthProblem, HeaderTooLarge, InsufficientScope, InvalidToken, MissingToken
 from sidecar.tokens import (
     OPAQUE,
     BearerProblem,
@@ -93,6 +93,16 @@ class GateAuthenticator:
         return result
 
     async def authenticate(self, authorization: str | None, now: float) -> Identity:
+        try:
+            return await self._authenticate(authorization, now)
+        except AuthProblem as problem:
+            # MCP authorization (2025-11-25, "Scope Selection Strategy"): clients take the scopes to request
+            # from the 401 challenge's scope parameter first (RFC 6750 §3 allows it on any challenge).
+            if self._required and problem.status == 401 and not problem.scope:
+                problem.scope = self._required_sorted
+            raise
+
+    async def _authenticate(self, authorization: str | None, now: float) -> Identity:
         token = parse_authorization(authorization)
         if isinstance(token, BearerProblem):
             raise reject_for(token)

@@ -99,8 +99,11 @@ class Settings(BaseModel):
     idp_client_secret: SecretStr | None = None
     idp_token_auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
     idp_scopes: list[str] = Field(default_factory=lambda: ["openid", "email", "profile"])
-    idp_provider: Literal["auto", "google", "generic"] = "auto"
-    force_consent: bool = False
+    idp_provider: Literal["auto", "google", "entra", "okta", "auth0", "keycloak", "generic"] = "auto"
+    force_consent: bool | None = None  # default: the provider profile decides (providers.py)
+    idp_userinfo_claims: bool = False
+    display_name: str | None = Field(None, max_length=100)
+    scope_descriptions: dict[str, str] = Field(default_factory=dict)
     client_token: Literal["opaque", "id_token"] = "opaque"
     id_token_refresh_threshold_seconds: int = Field(3300, ge=0)
     access_token_ttl_seconds: int = Field(3600, ge=1)
@@ -150,7 +153,7 @@ class Settings(BaseModel):
                 raise ValueError(f"expected a JSON array of rules ({exc.msg})") from exc
         return [] if value is None else value
 
-    @field_validator("inject_headers", mode="before")
+    @field_validator("inject_headers", "scope_descriptions", mode="before")
     @classmethod
     def _parse_map(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -160,7 +163,7 @@ class Settings(BaseModel):
             try:
                 return json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"expected a JSON object of header name to template ({exc.msg})") from exc
+                raise ValueError(f"expected a JSON object of names to strings ({exc.msg})") from exc
         return value
 
     # --- derived values (pure, cheap) ---

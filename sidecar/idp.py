@@ -44,6 +44,8 @@ from urllib.parse import quote_plus
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.algorithms import OKPAlgorithm
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
@@ -85,8 +87,13 @@ MAX_DESCRIPTION_BYTES = 120
 # RFC 8725 §3.1: "Libraries MUST enable the caller to specify a supported set of algorithms and MUST NOT
 # use any other algorithms": asymmetric algorithms only (never ``none``, never HMAC with a public key).
 ID_TOKEN_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"}
 )
+# RFC 9864 §2.2: "Ed25519" is the fully specified form of EdDSA over Ed25519 (panva's oidc-provider
+# advertises it). PyJWT knows only "EdDSA": this decoder also knows "Ed25519", and verify_id_token accepts it
+# only with an Ed25519 key (never Ed448).
+_DECODER = jwt.PyJWT()
+_DECODER._jws.register_algorithm("Ed25519", OKPAlgorithm())
 # OIDC Core §2: these ID token claims are REQUIRED.
 _REQUIRED_ID_TOKEN_CLAIMS = ["iss", "sub", "aud", "exp", "iat"]
 # RFC 6749 §5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E )
@@ -474,7 +481,8 @@ class IdPClient:
                 if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
                     continue
                 try:
-                    key = jwt.PyJWK(raw)
+                    # PyJWK does not know RFC 9864's "Ed25519"; the key itself is an ordinary OKP key.
+                    key = jwt.PyJWK(raw, algorithm="EdDSA" if raw.get("alg") == "Ed25519" else None)
                 except (jwt.PyJWTError, ValueError, TypeError, KeyError):
                     continue  # a key type we cannot use (RFC 7517 §5: ignore it)
                 kid, declared = raw.get("kid"), raw.get("alg")
@@ -508,8 +516,10 @@ class IdPClient:
         # RFC 7517 §4.4: a key that declares its algorithm is used with that algorithm only.
         if key.alg is not None and key.alg != alg:
             raise IdTokenInvalid("the ID token's algorithm does not match its key")
+        if alg == "Ed25519" and not isinstance(key.jwk.key, Ed25519PublicKey):
+            raise IdTokenInvalid("the ID token's algorithm does not match its key")
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = _DECODER.decode(
                 id_token,
                 key=key.jwk.key,
                 algorithms=[alg],
@@ -553,6 +563,25 @@ class IdPClient:
             if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
                 raise IdTokenInvalid("the ID token's nonce does not match the authorization request")
         return claims
+
+    # --- UserInfo (OIDC Core §5.3) ---
+
+    async def userinfo(self, access_token: str) -> dict[str, Any]:
+        """The UserInfo endpoint's claims (a JSON answer; OIDC Core §5.3.2). The caller checks ``sub``.
+
+        Raises :class:`IdPUnavailable` (or :class:`IdPMisconfigured` when the IdP names no endpoint).
+        """
+        metadata = await self.discover()
+        if metadata.userinfo_endpoint is None:
+            raise IdPMisconfigured("the IdP's discovery document names no userinfo_endpoint")
+        # The bearer token is never carried along a redirect.
+        answer = await self._send(
+            "GET", metadata.userinfo_endpoint, headers={"Authorization": f"Bearer {access_token}"},
+            follow_redirects=False,
+        )
+        if answer.status != 200:
+            raise IdPUnavailable("the IdP's userinfo endpoint failed", status=answer.status)
+        return self._json_object(answer, "userinfo")
 
     # --- token endpoint (RFC 6749 §4.1.3, §6) ---
 
@@ -751,6 +780,7 @@ class IdPClient:
         *,
         data: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        follow_redirects: bool | None = None,
     ) -> _HttpAnswer:
         all_headers = {
             "Accept": "application/json",
@@ -767,7 +797,7 @@ class IdPClient:
                 headers=all_headers,
                 timeout=self._timeout,
                 # A token POST carrying client credentials is never replayed to another location.
-                allow_redirects=method == "GET",
+                allow_redirects=method == "GET" if follow_redirects is None else follow_redirects,
             ) as response:
                 chunks: list[bytes] = []
                 size = 0

@@ -46,6 +46,13 @@ class Metrics:
             "mcp_sidecar_upstream_refreshes_total", "Upstream IdP refresh attempts, by outcome.", ["outcome"],
             registry=r,
         )
+        self.upstream_logins = Counter(
+            "mcp_sidecar_upstream_logins_total",
+            "Completed upstream logins, by whether the IdP issued a refresh token (refresh_token=yes|no); "
+            "a login without one ends when the IdP's access token expires.",
+            ["refresh_token"],
+            registry=r,
+        )
         self.lock_waits = Counter(
             "mcp_sidecar_refresh_lock_waits_total", "Requests that waited for another refresh to finish.",
             registry=r,

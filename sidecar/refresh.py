@@ -1,14 +1,20 @@
 """Upstream credentials, get-or-refresh: refreshed once, never forwarded stale (DESIGN §7).
 
-1. :func:`needs_refresh` is pure: the access token is missing, or expires within ``skew`` seconds.
+1. :func:`needs_refresh` is pure: the access token is missing, or expires within ``skew`` seconds, the skew
+   clamped to at most half of the token's lifetime (:func:`effective_skew`), so a skew at or above the IdP's
+   token lifetime cannot make every request refresh.
 2. In-process single-flight: concurrent requests for one grant share one refresh task.
 3. Across replicas: the store's lock (``SET NX PX``, TTL longer than the IdP timeout). The holder re-reads the
    record (another replica may have refreshed it already), calls the IdP's ``refresh_token`` grant
    (RFC 6749 §6), keeps the old refresh token when the IdP returns none, and writes with compare-and-set on
-   ``generation``. Waiters poll the record, not the IdP.
-4. ``invalid_grant`` / ``invalid_client``: the upstream credentials are dropped and the client is told to
-   re-authorize (401). Timeout / 5xx: nothing is dropped; the current token is used while it is still valid,
-   else 503 + ``Retry-After``.
+   ``generation`` at once: the IdP has consumed the old refresh token, so its answer is stored before
+   anything else can fail. A new ID token is verified afterwards and adopted by a second write only when it
+   verifies. Waiters poll the record, not the IdP. ``client_token: id_token`` refreshes through the same
+   engine (:meth:`CredentialBroker.refresh_id_token`).
+4. ``invalid_grant`` / ``invalid_client``, or no refresh token and an expired access token: the upstream
+   credentials are dropped (the grant is dead: ``/oauth/token`` answers ``invalid_grant``) and the client is
+   told to re-authorize (401). Timeout / 5xx: nothing is dropped; the current token is used while it is still
+   valid, else 503 + ``Retry-After``.
 5. An expired upstream access token is never returned, so never forwarded.
 
 Decrypted credentials are cached in-process for at most ``token_cache_seconds`` and never past
@@ -22,13 +28,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-import jwt
+from dataclasses import dataclass, replace
 
 from sidecar.audit import AuditLog
 from sidecar.challenge import InvalidToken, ServiceUnavailable
-from sidecar.idp import IdPError, IdPRejected, IdPUnavailable, TokenSet, UpstreamIdP
+from sidecar.idp import IdPError, IdPRejected, TokenSet, UpstreamIdP
 from sidecar.metrics import Metrics
 from sidecar.problems import IDP_RETRY_AFTER_SECONDS, STORE_RETRY_AFTER_SECONDS
 from sidecar.singleflight import SingleFlight
@@ -42,18 +46,43 @@ LOCK_POLL_SECONDS = 0.05
 # Defaults of idp_max_concurrency and idp_timeout_seconds (the settings pass their own values).
 DEFAULT_IDP_MAX_CONCURRENCY = 16
 DEFAULT_IDP_TIMEOUT_SECONDS = 10.0
-# Retry-After for a 503 caused by the IdP: long enough not to hammer a struggling IdP, short for users.
 # Distinct grants whose decrypted credentials are remembered in-process; evicted oldest-first.
 CACHE_ENTRIES = 10_000
 
 REAUTHORIZE = "the upstream authorization ended; re-authorization is needed"
+# The refresh skew is at most this fraction of the upstream access token's lifetime (see effective_skew).
+MAX_SKEW_FRACTION = 0.5
+
+# Which credential a refresh is for: the access token (the proxied path) or the ID token (client_token:
+# id_token at /oauth/token). Both go through the same engine: single flight, store lock, re-read, adopt.
+Need = Callable[[UpstreamCredentials, float], bool]
+
+
+def effective_skew(creds: UpstreamCredentials, skew: float) -> float:
+    """``skew``, clamped to at most half of the access token's lifetime (when the lifetime is known).
+
+    A skew at or above the IdP's token lifetime would otherwise make every request refresh; half the
+    lifetime keeps a refresh to at most one per half lifetime whatever the setting.
+    """
+    if creds.access_expires_at is not None and creds.access_issued_at is not None:
+        lifetime = creds.access_expires_at - creds.access_issued_at
+        if lifetime > 0:
+            return min(skew, lifetime * MAX_SKEW_FRACTION)
+    return skew
 
 
 def needs_refresh(creds: UpstreamCredentials, now: float, skew: float) -> bool:
-    """True when the upstream access token is missing or expires within ``skew`` seconds of ``now``."""
+    """True when the upstream access token is missing or expires within the (clamped) skew of ``now``."""
     if creds.access_token is None:
         return True
-    return creds.access_expires_at is not None and now >= creds.access_expires_at - skew
+    return creds.access_expires_at is not None and now >= creds.access_expires_at - effective_skew(creds, skew)
+
+
+def id_token_needs_refresh(creds: UpstreamCredentials, now: float, threshold: float) -> bool:
+    """``client_token: id_token``: the ID token is missing or has less than ``threshold`` seconds left."""
+    if creds.id_token is None or creds.id_token_expires_at is None:
+        return True
+    return creds.id_token_expires_at - now < threshold
 
 
 def usable(creds: UpstreamCredentials, now: float) -> bool:
@@ -63,25 +92,39 @@ def usable(creds: UpstreamCredentials, now: float) -> bool:
     return creds.access_expires_at is None or now < creds.access_expires_at
 
 
+def dead(creds: UpstreamCredentials | None, now: float) -> bool:
+    """True when nothing can renew the grant any more: no upstream credentials, or no refresh token and an
+    expired access token. Such a grant answers ``invalid_grant`` at ``/oauth/token`` (no 200-then-401 loop)."""
+    return creds is None or (creds.refresh_token is None and not usable(creds, now))
+
+
 def cache_deadline(creds: UpstreamCredentials, now: float, cache_seconds: float, skew: float) -> float:
     """How long decrypted credentials may be reused without asking the store again (DESIGN §13)."""
     until = now + cache_seconds
     if creds.access_expires_at is not None:
-        until = min(until, creds.access_expires_at - skew)
+        until = min(until, creds.access_expires_at - effective_skew(creds, skew))
     return until
 
 
-def merged_credentials(old: UpstreamCredentials, tokens: TokenSet, id_token_exp: float | None) -> UpstreamCredentials:
-    """The record after a refresh: the old refresh (and id) token stay when the IdP returns none (RFC 6749 §6:
+def merged_credentials(
+    old: UpstreamCredentials,
+    tokens: TokenSet,
+    *,
+    issued_at: float | None = None,
+    id_token: str | None = None,
+    id_token_exp: float | None = None,
+) -> UpstreamCredentials:
+    """The record after a refresh: the old refresh token stays when the IdP returns none (RFC 6749 §6:
     "The authorization server MAY issue a new refresh token, in which case the client MUST discard the old
-    refresh token")."""
+    refresh token"). The ID token is replaced only by a *verified* one (``id_token``); else the old stays."""
     return UpstreamCredentials(
         access_token=tokens.access_token,
         refresh_token=tokens.refresh_token or old.refresh_token,
-        id_token=tokens.id_token or old.id_token,
+        id_token=id_token or old.id_token,
         access_expires_at=tokens.expires_at,
         refresh_expires_at=None if tokens.refresh_token else old.refresh_expires_at,
-        id_token_expires_at=id_token_exp if tokens.id_token else old.id_token_expires_at,
+        id_token_expires_at=id_token_exp if id_token else old.id_token_expires_at,
+        access_issued_at=issued_at,
     )
 
 
@@ -154,6 +197,9 @@ class CredentialBroker:
             log.error("grant record cannot be read", extra={"grant": grant_id, "error": str(exc)})
             raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
 
+    def _access_need(self, creds: UpstreamCredentials, now: float) -> bool:
+        return needs_refresh(creds, now, self._skew)
+
     async def current(self, grant_id: str) -> Grant:
         """The grant with a valid upstream access token, or an HTTP problem (401 re-authorize / 503)."""
         now = self._clock()
@@ -172,9 +218,25 @@ class CredentialBroker:
             self._remember(grant, now)
             return grant
         # One refresh per grant in this process, shared by every request that needs it (DESIGN §7.2).
-        return await self._refreshes.do(grant_id, lambda: self._refresh(grant_id))
+        return await self._refreshes.do(grant_id, lambda: self._refresh(grant_id, self._access_need, access=True))
 
-    async def _refresh(self, grant_id: str) -> Grant:
+    async def refresh_id_token(self, grant: Grant, threshold: float) -> Grant:
+        """``client_token: id_token``: the grant with an ID token that has at least ``threshold`` seconds left,
+        refreshed through the same engine as access tokens. Raises 401 (re-authorize) or 503 like
+        :meth:`current`; when the IdP's new ID token does not verify, the rotated tokens are stored and the
+        grant keeps its previous ID token."""
+        assert grant.upstream is not None
+        if not id_token_needs_refresh(grant.upstream, self._clock(), threshold) or grant.upstream.refresh_token is None:
+            return grant
+
+        def need(creds: UpstreamCredentials, now: float) -> bool:
+            return id_token_needs_refresh(creds, now, threshold)
+
+        fresh = await self._refreshes.do(grant.grant_id + "#id_token", lambda: self._refresh(grant.grant_id, need))
+        self.forget(grant.grant_id)
+        return fresh
+
+    async def _refresh(self, grant_id: str, need: Need, *, access: bool = False) -> Grant:
         # The slot is taken before the refresh lock, so the lock's TTL covers only the IdP call itself.
         try:
             async with asyncio.timeout(self._slot_timeout):
@@ -185,11 +247,11 @@ class CredentialBroker:
                 raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
             return self._fallback(grant, self._clock(), "too many upstream refreshes are waiting for the IdP")
         try:
-            return await self._refresh_slot(grant_id)
+            return await self._refresh_slot(grant_id, need, access=access)
         finally:
             self._slots.release()
 
-    async def _refresh_slot(self, grant_id: str) -> Grant:
+    async def _refresh_slot(self, grant_id: str, need: Need, *, access: bool) -> Grant:
         owner = secrets.token_hex(8)
         deadline = time.monotonic() + self._lock_seconds + 1.0
         waited = False
@@ -203,7 +265,7 @@ class CredentialBroker:
                 ) from exc
             if got:
                 try:
-                    fresh = await self._refresh_locked(grant_id)
+                    fresh = await self._refresh_locked(grant_id, need, access=access)
                 finally:
                     try:
                         await self._store.release_lock(grant_id, owner)
@@ -221,7 +283,7 @@ class CredentialBroker:
                 raise InvalidToken("the token's grant is unknown or was revoked", reason="unknown_grant")
             if grant.upstream is None:
                 raise InvalidToken(REAUTHORIZE, reason="reauthorize")
-            if not needs_refresh(grant.upstream, now, self._skew):
+            if not need(grant.upstream, now):
                 self._metrics.upstream_refreshes.labels("adopted").inc()
                 self._remember(grant, now)
                 return grant  # another replica refreshed: adopt its write
@@ -233,7 +295,7 @@ class CredentialBroker:
                     retry_after=IDP_RETRY_AFTER_SECONDS,
                 )
 
-    async def _refresh_locked(self, grant_id: str) -> Grant:
+    async def _refresh_locked(self, grant_id: str, need: Need, *, access: bool) -> Grant:
         grant = await self._read(grant_id)  # re-read under the lock: another replica may have written
         now = self._clock()
         if grant is None:
@@ -241,68 +303,88 @@ class CredentialBroker:
         creds = grant.upstream
         if creds is None:
             raise InvalidToken(REAUTHORIZE, reason="reauthorize")
-        if not needs_refresh(creds, now, self._skew):
+        if not need(creds, now):
             self._metrics.upstream_refreshes.labels("adopted").inc()
             return grant
         if creds.refresh_token is None:
-            if usable(creds, now):
+            if usable(creds, now) or not access:
                 return grant
+            # Nothing can renew this grant: mark it dead (upstream dropped), so /oauth/token answers
+            # invalid_grant instead of minting client tokens that would only get 401 again.
             self._metrics.upstream_refreshes.labels("no_refresh_token").inc()
+            await self._drop(grant)
             raise InvalidToken(REAUTHORIZE, reason="reauthorize")
         try:
             tokens = await self._idp.refresh(creds.refresh_token)
-            id_exp = None
-            if tokens.id_token:
-                claims = await self._idp.verify_id_token(tokens.id_token)
-                id_exp = float(claims["exp"]) if isinstance(claims.get("exp"), int | float) else None
         except IdPRejected as exc:
             if exc.drops_credentials:
                 self._metrics.upstream_refreshes.labels("rejected").inc()
                 self._record(grant, "invalid_grant")
                 log.warning("upstream refresh rejected; credentials dropped",
                             extra={"grant": grant_id, "error": exc.error, "description": exc.description})
-                try:
-                    await self._store.drop_upstream(grant_id, grant.generation)
-                except StoreUnavailable:
-                    self._metrics.store_errors.labels("drop_upstream").inc()
-                self.forget(grant_id)
+                await self._drop(grant)
                 raise InvalidToken(REAUTHORIZE, reason="reauthorize") from None
             self._record(grant, "unavailable")
             return self._fallback(grant, now, f"the IdP refused the refresh ({exc.error})")
-        except (IdPUnavailable, IdPError, jwt.PyJWTError) as exc:
+        except IdPError as exc:
             self._record(grant, "unavailable")
             return self._fallback(grant, now, f"the IdP is unavailable ({type(exc).__name__})")
-        new = merged_credentials(creds, tokens, id_exp)
-        try:
-            written = await self._store.compare_and_set_upstream(grant_id, grant.generation, new)
-        except StoreUnavailable as exc:
-            self._metrics.store_errors.labels("compare_and_set").inc()
-            # The IdP may have rotated the refresh token we could not save: the next refresh may fail with
-            # invalid_grant. Nothing better is possible without the store; say so and let the client retry.
-            log.error("refreshed upstream credentials could not be stored", extra={"grant": grant_id})
-            raise ServiceUnavailable(
-                "the credential store is unreachable", retry_after=STORE_RETRY_AFTER_SECONDS
-            ) from exc
+        # The IdP may just have rotated (and so consumed) the refresh token: its answer is stored before
+        # anything else can fail. Reusing a consumed refresh token looks like theft to a rotating IdP, which
+        # then revokes the whole grant. The new ID token is adopted only once it verifies (second write).
+        rotated = merged_credentials(creds, tokens, issued_at=now)
+        written = await self._write(grant, rotated)
         self._metrics.upstream_refreshes.labels("refreshed").inc()
         self._record(grant, "ok")
-        if not written:
+        if written is None:
             latest = await self._read(grant_id)  # lost the race (lock expired mid-refresh): take the winner's
             if latest is None or latest.upstream is None:
                 raise InvalidToken(REAUTHORIZE, reason="reauthorize")
             return latest
         log.info("upstream credentials refreshed", extra={"grant": grant_id})
-        return Grant(
-            grant_id=grant.grant_id,
-            subject=grant.subject,
-            client_id=grant.client_id,
-            scopes=grant.scopes,
-            generation=grant.generation + 1,
-            created_at=grant.created_at,
-            updated_at=now,
-            expires_at=grant.expires_at,
-            claims=grant.claims,
-            upstream=new,
+        if tokens.id_token is None:
+            return written
+        try:
+            claims = await self._idp.verify_id_token(tokens.id_token)
+        except IdPError as exc:
+            self._metrics.upstream_refreshes.labels("id_token_rejected").inc()
+            log.warning(
+                "the refreshed id_token did not verify; the rotated tokens are stored, the previous id_token kept",
+                extra={"grant": grant_id, "error": type(exc).__name__},
+            )
+            return written
+        exp = claims.get("exp")
+        verified = replace(
+            rotated, id_token=tokens.id_token, id_token_expires_at=float(exp) if isinstance(exp, int | float) else None
         )
+        try:
+            final = await self._write(written, verified)
+        except ServiceUnavailable:
+            return written  # the rotated tokens are safe; the new id_token is fetched again next time
+        return final if final is not None else written
+
+    async def _write(self, grant: Grant, new: UpstreamCredentials) -> Grant | None:
+        """Compare-and-set the upstream credentials; the grant as written, or ``None`` when another wrote."""
+        try:
+            written = await self._store.compare_and_set_upstream(grant.grant_id, grant.generation, new)
+        except StoreUnavailable as exc:
+            self._metrics.store_errors.labels("compare_and_set").inc()
+            # The IdP may have rotated the refresh token we could not save: the next refresh may fail with
+            # invalid_grant. Nothing better is possible without the store; say so and let the client retry.
+            log.error("refreshed upstream credentials could not be stored", extra={"grant": grant.grant_id})
+            raise ServiceUnavailable(
+                "the credential store is unreachable", retry_after=STORE_RETRY_AFTER_SECONDS
+            ) from exc
+        if not written:
+            return None
+        return replace(grant, generation=grant.generation + 1, updated_at=self._clock(), upstream=new)
+
+    async def _drop(self, grant: Grant) -> None:
+        try:
+            await self._store.drop_upstream(grant.grant_id, grant.generation)
+        except StoreUnavailable:
+            self._metrics.store_errors.labels("drop_upstream").inc()
+        self.forget(grant.grant_id)
 
     def _record(self, grant: Grant, outcome: str) -> None:
         if self._audit is not None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from typing import Any, Final
 
 from aiohttp import web
 
 from sidecar.audit import record
-from sidecar.idp import IdPRejected, IdPUnavailable, IdTokenInvalid, sanitize_description
+from sidecar.idp import IdPClient, IdPRejected, IdPUnavailable, IdTokenInvalid, sanitize_description
 from sidecar.oauth.common import SECRET_BYTES
 from sidecar.oauth.consent import CONSENT_TTL_SECONDS, cookie_name
 from sidecar.oauth.context import idp_of, metrics_of, oauth, store_down, store_of
@@ -143,8 +144,19 @@ async def handle(request: web.Request) -> web.Response:
         await store.put_consent(subject, req.client_id, req.scopes, ttl=CONSENT_TTL_SECONDS)
     except StoreUnavailable:
         metrics_of(request).store_errors.labels("put_consent").inc()  # a convenience record: not fatal
+    if upstream.refresh_token is None:
+        # Without an upstream refresh token the session ends when the IdP's access token expires: every
+        # user would be logged out then. Usually the IdP dropped offline_access (see the provider table).
+        metrics_of(request).upstream_logins.labels("no").inc()
+        log.warning(
+            "login completed without an upstream refresh token: the session ends when the IdP's access token "
+            "expires; check idp_provider / force_consent and the IdP client's refresh-token settings",
+            extra={"client_id": req.client_id, "grant": grant.grant_id},
+        )
+    else:
+        metrics_of(request).upstream_logins.labels("yes").inc()
+        log.info("login completed", extra={"client_id": req.client_id, "grant": grant.grant_id})
     count(request, "login", "completed")
-    log.info("login completed", extra={"client_id": req.client_id, "grant": grant.grant_id})
     record(request.app, "oauth.login", sub=subject, client_id=req.client_id, grant=grant.grant_id,
            scopes=list(req.scopes), outcome="ok", remote=request.remote)
     return redirect_to_client(req.redirect_uri, {"code": our_code, "state": req.state}, issuer=issuer)
@@ -192,5 +204,27 @@ async def _login(
         id_token=tokens.id_token,
         access_expires_at=tokens.expires_at,
         id_token_expires_at=float(exp) if isinstance(exp, int | float) else None,
+        access_issued_at=time.time(),
     )
+    if oauth(request).settings.idp_userinfo_claims and tokens.access_token:
+        claims = await _with_userinfo(idp, tokens.access_token, claims)
     return claims, upstream
+
+
+async def _with_userinfo(idp: IdPClient, access_token: str, claims: dict[str, Any]) -> dict[str, Any]:
+    """``idp_userinfo_claims``: identity claims the ID token lacks, from the UserInfo endpoint (OIDC Core
+    §5.4: claims requested by scope values "are returned from the UserInfo Endpoint" when an access token is
+    issued). §5.3.2: "The sub Claim in the UserInfo Response MUST be verified to exactly match the sub Claim
+    in the ID Token; if they do not match, the UserInfo Response values MUST NOT be used." The ID token's own
+    claims win over the userinfo answer's. Trouble at the endpoint is logged; the login goes on."""
+    try:
+        info = await idp.userinfo(access_token)
+    except IdPUnavailable as exc:
+        log.warning("the idp's userinfo endpoint failed; using the ID token's claims only: %s", exc)
+        return claims
+    if not isinstance(info.get("sub"), str) or not secrets.compare_digest(
+        str(info["sub"]).encode(), str(claims["sub"]).encode()
+    ):
+        log.warning("the idp's userinfo answer names another subject; ignored")
+        return claims
+    return {**{k: v for k, v in info.items() if k not in _DROPPED_CLAIMS}, **claims}

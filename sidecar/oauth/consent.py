@@ -46,6 +46,27 @@ CONSENT_REQUEST_TTL_SECONDS: Final = 600
 _CONSENT_KEY_PREFIX: Final = "consent-request:"
 # The consent form has three short fields.
 MAX_CONSENT_FORM_BYTES: Final = 4096
+# What the consent page says for each scope; ``scope_descriptions`` adds to or replaces these. A scope
+# without a description is shown by its code.
+DEFAULT_SCOPE_DESCRIPTIONS: Final = {
+    "openid": "Confirm who you are",
+    "profile": "See your name and basic profile information",
+    "email": "See your email address",
+    "offline_access": "Stay connected when you are not using it, until you disconnect",
+}
+
+
+def scope_lines(scopes: tuple[str, ...], configured: dict[str, str]) -> str:
+    """The permission list: a description people understand, the raw scope code beside it (escaped)."""
+    descriptions = {**DEFAULT_SCOPE_DESCRIPTIONS, **configured}
+    items = []
+    for scope in scopes:
+        text = descriptions.get(scope)
+        if text:
+            items.append(f"<li>{esc(text)} <code>{esc(scope)}</code></li>")
+        else:
+            items.append(f"<li><code>{esc(scope)}</code></li>")
+    return "".join(items) or "<li>Connect to this service (no extra permissions)</li>"
 
 
 def cookie_name(client_id: str) -> str:
@@ -102,19 +123,22 @@ async def show_page(
     else:
         who = f"<strong>{esc(client.display_name())}</strong>"
         verified = "This name was chosen by the application itself and is not verified."
-    scope_items = "".join(f"<li><code>{esc(s)}</code></li>" for s in req.scopes) or "<li>(none)</li>"
+    scope_items = scope_lines(req.scopes, st.settings.scope_descriptions)
+    service = f"<strong>{esc(st.settings.display_name)}</strong>" if st.settings.display_name else ""
+    address = f"<span class=uri>{esc(st.endpoints.issuer)}</span>"
+    target = f"{service} ({address})" if service else f"<strong>{esc(st.endpoints.issuer)}</strong>"
     body = (
         "<h1>Allow access?</h1><div class=box>"
-        f"<p>{who} wants to use <strong>{esc(st.endpoints.issuer)}</strong> on your behalf.</p>"
+        f"<p>{who} wants to use {target} on your behalf.</p>"
         f"<p class=note>{verified}</p>"
-        f"<p>Permissions:</p><ul>{scope_items}</ul>"
+        f"<p>It will be able to:</p><ul class=scopes>{scope_items}</ul>"
         f"<p>After you sign in, you will be sent back to:<br><span class=uri>{esc(req.redirect_uri)}</span></p>"
         "<p class=note>Only allow this if you started connecting this application yourself just now.</p>"
         f'<form method=post action="{esc(st.endpoints.consent)}">'
         f'<input type=hidden name=consent_id value="{esc(consent_id)}">'
         f'<input type=hidden name=csrf_token value="{esc(csrf)}">'
-        '<button type=submit name=decision value=approve>Allow</button>'
-        '<button type=submit name=decision value=deny>Deny</button>'
+        '<button type=submit name=decision value=approve class=primary autofocus>Allow</button>'
+        '<button type=submit name=decision value=deny class=secondary>Deny</button>'
         "</form></div>"
     )
     response = page("Allow access?", body)

@@ -13,12 +13,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.idp import IdPClient
-from sidecar.keys import IDP, METRICS, SETTINGS, STORE
+from sidecar.keys import CREDENTIALS, IDP, METRICS, SETTINGS, STORE
 from sidecar.metrics import Metrics
 from sidecar.oauth.cimd import CimdError, CimdFetcher, looks_like_metadata_url
 from sidecar.oauth.clients import Client
@@ -27,6 +28,9 @@ from sidecar.oauth.errors import TemporarilyUnavailable
 from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.problems import STORE_RETRY_AFTER_SECONDS
 from sidecar.store.base import StoreUnavailable, TokenStore
+
+if TYPE_CHECKING:
+    from sidecar.refresh import CredentialBroker
 
 # Retry-After for a 503 caused by the store (DESIGN §4: the caller should try again shortly).
 
@@ -68,6 +72,11 @@ def store_of(request: web.Request) -> TokenStore:
 
 def idp_of(request: web.Request) -> IdPClient:
     return request.app[IDP]
+
+
+def credentials_of(request: web.Request) -> CredentialBroker:
+    """The get-or-refresh engine (single flight, store lock) shared with the proxied path."""
+    return request.app[CREDENTIALS]
 
 
 def metrics_of(request: web.Request) -> Metrics:

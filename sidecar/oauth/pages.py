@@ -34,7 +34,10 @@ _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;color:#222}"
     "h1{font-size:1.3rem}code,.uri{font-family:ui-monospace,monospace;word-break:break-all}"
     ".box{border:1px solid #ccc;border-radius:8px;padding:1rem 1.25rem}"
-    "button{font-size:1rem;padding:.5rem 1.2rem;margin-right:.5rem}.note{color:#666;font-size:.9rem}"
+    "button{font-size:1rem;padding:.55rem 1.4rem;margin-right:.5rem;border-radius:6px;cursor:pointer}"
+    ".primary{background:#1a5fd0;border:1px solid #1a5fd0;color:#fff;font-weight:600}"
+    ".secondary{background:#fff;border:1px solid #aaa;color:#333}"
+    ".note{color:#666;font-size:.9rem}.scopes li{margin:.35rem 0}.scopes code{color:#777;font-size:.8rem}"
 )
 
 

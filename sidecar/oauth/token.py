@@ -19,9 +19,12 @@
   of no-store"; ``expires_in`` is the token's real remaining life (never more).
 * §5.2: errors (:mod:`sidecar.oauth.errors`); ``invalid_client`` is 401 with ``WWW-Authenticate``.
 * RFC 8707 §2: a ``resource`` given here must be ours (``invalid_target``).
+* A grant the broker declared dead (upstream credentials dropped, or no refresh token and an expired access
+  token) is ``invalid_grant`` here: never 200 with tokens that would only get 401.
 * ``client_token: id_token`` (seed 000): the bearer is the upstream ID token; when it has less than
-  ``id_token_refresh_threshold_seconds`` left and an upstream refresh token exists, it is refreshed first;
-  any failure keeps the original (soft fail) and logs the IdP's sanitized error. No client refresh token
+  ``id_token_refresh_threshold_seconds`` left and an upstream refresh token exists, it is refreshed first
+  through the shared get-or-refresh engine (:mod:`sidecar.refresh`); IdP trouble keeps the original (soft
+  fail) and is logged. No client refresh token
   is issued in this mode: the client re-authorizes.
 """
 
@@ -36,7 +39,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from sidecar.audit import record
-from sidecar.idp import IdPError, IdPRejected
+from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.oauth.clients import Client, authenticate, presented_credentials
 from sidecar.oauth.common import (
     client_address,
@@ -49,7 +52,7 @@ from sidecar.oauth.common import (
 )
 from sidecar.oauth.context import (
     UnknownClient,
-    idp_of,
+    credentials_of,
     metrics_of,
     oauth,
     resolve_client,
@@ -70,7 +73,7 @@ from sidecar.oauth.errors import (
 )
 from sidecar.oauth.outcomes import count
 from sidecar.oauth.registration import registration_ttl
-from sidecar.refresh import merged_credentials
+from sidecar.refresh import dead
 from sidecar.store.base import (
     CODE_TTL_SECONDS,
     Grant,
@@ -315,7 +318,9 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     # RFC 6749 §6: "validate the refresh token and ensure that it was issued to the authenticated client".
     if not secure_equal(grant.client_id, client.client_id):
         raise InvalidGrant("the refresh token was issued to another client")
-    if grant.upstream is None:
+    if dead(grant.upstream, time.time()):
+        # The broker answered this grant's requests with 401 (re-authorize): renewing the client's tokens
+        # would only earn another 401, a loop for clients that refresh on 401.
         raise InvalidGrant("the upstream authorization ended; authorize again")
     requested = parse_scope(form.get("scope"))
     if requested is not None and not set(requested) <= set(grant.scopes):
@@ -368,42 +373,30 @@ async def _id_token_response(request: web.Request, grant_id: str) -> dict[str, A
 
 
 async def refresh_id_token_if_short(request: web.Request, grant: Grant) -> tuple[str, float]:
-    """The grant's ID token, refreshed first when it has less than the threshold left (soft fail)."""
+    """The grant's ID token, refreshed first when it has less than the threshold left (soft fail).
+
+    The refresh goes through the same get-or-refresh engine as the proxied path (single flight in this
+    process, the store's lock across replicas, re-read and adopt, rotated tokens stored first), so two
+    replicas never refresh one grant twice. Any failure keeps the original token (seed 000: "Soft-fail on
+    errors: keep the original near-expired token rather than break /token"); a grant the IdP rejected is
+    marked dead by the engine all the same.
+    """
     settings = oauth(request).settings
     upstream = grant.upstream
     assert upstream is not None and upstream.id_token is not None
     original = (upstream.id_token, upstream.id_token_expires_at or 0.0)
-    now = time.time()
-    left = original[1] - now
-    if left >= settings.id_token_refresh_threshold_seconds or upstream.refresh_token is None:
-        return original
-    metrics = metrics_of(request)
-    idp = idp_of(request)
     try:
-        tokens = await idp.refresh(upstream.refresh_token)
-        if tokens.id_token is None:
-            raise IdPRejected("no_id_token", "the refresh answer carried no id_token")
-        claims = await idp.verify_id_token(tokens.id_token)
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float):
-            raise IdPRejected("no_exp", "the refreshed id_token has no exp")
-    except IdPError as exc:
-        # Seed 000: "Soft-fail on errors: keep the original near-expired token rather than break /token".
-        description = exc.description if isinstance(exc, IdPRejected) else str(exc)
+        fresh = await credentials_of(request).refresh_id_token(grant, settings.id_token_refresh_threshold_seconds)
+    except (InvalidToken, ServiceUnavailable) as exc:
         log.warning(
             "refreshing the near-expired id_token failed; returning the original",
-            extra={"grant": grant.grant_id, "error": type(exc).__name__, "description": description},
+            extra={"grant": grant.grant_id, "description": exc.description},
         )
-        metrics.upstream_refreshes.labels("id_token_soft_fail").inc()
+        metrics_of(request).upstream_refreshes.labels("id_token_soft_fail").inc()
         return original
-    new = merged_credentials(upstream, tokens, float(exp))
-    try:
-        written = await store_of(request).compare_and_set_upstream(grant.grant_id, grant.generation, new)
-    except StoreUnavailable:
-        metrics.store_errors.labels("compare_and_set").inc()
-        written = False
-    if not written:
-        log.warning("the refreshed upstream credentials could not be saved", extra={"grant": grant.grant_id})
-    metrics.upstream_refreshes.labels("id_token_refreshed").inc()
-    log.info("refreshed a near-expired id_token at /token", extra={"grant": grant.grant_id})
-    return tokens.id_token, float(exp)
+    creds = fresh.upstream
+    if creds is None or creds.id_token is None:
+        raise InvalidGrant("the upstream authorization ended; authorize again")
+    if creds.id_token != upstream.id_token:
+        log.info("refreshed a near-expired id_token at /token", extra={"grant": grant.grant_id})
+    return creds.id_token, creds.id_token_expires_at or 0.0

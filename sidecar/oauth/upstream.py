@@ -7,9 +7,9 @@
 * The pending record is bound to the browser (the hash of its consent cookie), so a login started in one
   browser cannot be completed in another (the confused-deputy and login-CSRF attacks of the MCP security
   best practices).
-* Provider profiles (:mod:`sidecar.providers`, seed 000): Google gets ``access_type=offline`` and never the
-  ``offline_access`` scope; other providers get ``offline_access``; ``prompt=consent`` only with
-  ``force_consent``.
+* Provider profiles (:mod:`sidecar.providers`): Google gets ``access_type=offline`` and never the
+  ``offline_access`` scope; other providers get ``offline_access``; the generic profile adds
+  ``prompt=consent`` (OIDC Core §11), ``force_consent`` overrides the profile either way.
 * The upstream ``redirect_uri`` is ``<public_url>/oauth/callback``: register exactly that at the IdP.
 """
 

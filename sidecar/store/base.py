@@ -111,6 +111,8 @@ class UpstreamCredentials:
     access_expires_at: float | None = None
     refresh_expires_at: float | None = None
     id_token_expires_at: float | None = None
+    # When the access token was received (epoch seconds): its lifetime bounds the refresh skew (refresh.py).
+    access_issued_at: float | None = None
 
     def longest_expiry(self) -> float | None:
         """The latest known expiry among the credentials present (drives the grant record's lifetime)."""
@@ -131,6 +133,7 @@ class UpstreamCredentials:
             "access_expires_at": self.access_expires_at,
             "refresh_expires_at": self.refresh_expires_at,
             "id_token_expires_at": self.id_token_expires_at,
+            "access_issued_at": self.access_issued_at,
         }
         return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
@@ -146,6 +149,7 @@ class UpstreamCredentials:
             access_expires_at=_opt_float(body.get("access_expires_at")),
             refresh_expires_at=_opt_float(body.get("refresh_expires_at")),
             id_token_expires_at=_opt_float(body.get("id_token_expires_at")),
+            access_issued_at=_opt_float(body.get("access_issued_at")),
         )
 
     def __repr__(self) -> str:

@@ -18,6 +18,8 @@ class ScriptedIdP:
         self.delay = 0.0
         self.rotate = True
         self.lifetime = lifetime
+        self.id_tokens = False  # answer refreshes with an id_token too
+        self.verify_fail: Exception | None = None  # verify_id_token raises this (e.g. an unknown kid)
 
     async def refresh(self, refresh_token: str, *, scope: str | None = None) -> TokenSet:
         self.calls += 1
@@ -33,10 +35,13 @@ class ScriptedIdP:
             expires_at=time.time() + self.lifetime,
             expires_in_source="response",
             refresh_token=f"up-rt-{n}" if self.rotate else None,
+            id_token=f"up-idt-{n}" if self.id_tokens else None,
         )
 
     async def exchange_code(self, code: str, redirect_uri: str, code_verifier: str | None) -> TokenSet:
         raise NotImplementedError("not scripted")
 
     async def verify_id_token(self, id_token: str, nonce: str | None = None) -> dict[str, Any]:
+        if self.verify_fail is not None:
+            raise self.verify_fail
         return {"sub": "u1", "exp": time.time() + 3600}

@@ -204,6 +204,7 @@ class IdPFront:
         self.check_client = check_client
         # --- knobs ---
         self.rotate_refresh_tokens = True
+        self.issue_refresh_token = True  # False: the code exchange answers without one (offline_access dropped)
         self.access_token_lifetime: int | None = None
         self.refreshed_access_token_lifetime: int | None = None
         self.id_token_lifetime: int | None = None
@@ -575,7 +576,7 @@ class IdPFront:
             if self.id_token_lifetime is not None:
                 data["id_token"] = self.mock.sign(self._restamp(claims, self.id_token_lifetime))
         mock_refresh = data.pop("refresh_token", None)
-        if isinstance(mock_refresh, str):
+        if isinstance(mock_refresh, str) and self.issue_refresh_token:
             data["refresh_token"] = self._issue_refresh_token(_Family(mock_refresh, client_id, claims))
         if self.access_token_lifetime is not None:
             data["expires_in"] = self.access_token_lifetime

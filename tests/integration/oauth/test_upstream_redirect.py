@@ -1,6 +1,7 @@
-"""The upstream authorization request the sidecar sends the browser to, per provider profile (seed 000):
+"""The upstream authorization request the sidecar sends the browser to, per provider profile:
 Google gets ``access_type=offline`` and never ``offline_access``; others get ``offline_access``;
-``prompt=consent`` only with ``force_consent``. Table-driven, through the real consent step."""
+``prompt=consent`` for the generic profile and Google unless ``force_consent: false``. Table-driven, through
+the real consent step."""
 
 from __future__ import annotations
 
@@ -16,16 +17,19 @@ from tests.support.oauth_harness import Browser, query_of, running_sidecar
 from tests.support.oidc import IdPFront
 
 CASES: list[tuple[str, dict[str, Any], dict[str, str | None]]] = [
-    ("generic", {}, {"scope": "openid email profile offline_access", "access_type": None, "prompt": None}),
-    ("generic+consent", {"force_consent": True},
-     {"scope": "openid email profile offline_access", "access_type": None, "prompt": "consent"}),
-    ("google", {"idp_provider": "google"}, {"scope": "openid email profile", "access_type": "offline", "prompt": None}),
-    ("google+consent", {"idp_provider": "google", "force_consent": True},
+    ("generic", {}, {"scope": "openid email profile offline_access", "access_type": None, "prompt": "consent"}),
+    ("generic, consent off", {"force_consent": False},
+     {"scope": "openid email profile offline_access", "access_type": None, "prompt": None}),
+    ("google", {"idp_provider": "google"},
      {"scope": "openid email profile", "access_type": "offline", "prompt": "consent"}),
+    ("google, consent off", {"idp_provider": "google", "force_consent": False},
+     {"scope": "openid email profile", "access_type": "offline", "prompt": None}),
     ("google, offline_access configured anyway", {"idp_provider": "google", "idp_scopes": ["openid", "offline_access"]},
-     {"scope": "openid", "access_type": "offline", "prompt": None}),
+     {"scope": "openid", "access_type": "offline", "prompt": "consent"}),
+    ("keycloak", {"idp_provider": "keycloak"},
+     {"scope": "openid email profile offline_access", "access_type": None, "prompt": None}),
     ("generic, offline_access configured", {"idp_scopes": ["openid", "offline_access", "email"]},
-     {"scope": "openid offline_access email", "access_type": None, "prompt": None}),
+     {"scope": "openid offline_access email", "access_type": None, "prompt": "consent"}),
 ]
 
 

@@ -46,6 +46,7 @@ class FakeIdP:
     jwks: dict[str, Any] = field(default_factory=lambda: {"keys": []})
     token_answer: Answer = (200, {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600}, {})
     token_handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+    userinfo_answer: Answer = (200, {"sub": "user-1"}, {})
     seen: list[Seen] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -87,7 +88,12 @@ def build_app(fake: FakeIdP) -> web.Application:
             return await fake.token_handler(request)
         return render(fake.token_answer)
 
+    async def userinfo(request: web.Request) -> web.Response:
+        await record(request)
+        return render(fake.userinfo_answer)
+
     app = web.Application()
+    app.router.add_get("/userinfo", userinfo)
     app.router.add_get("/.well-known/openid-configuration", discovery)
     app.router.add_get("/tenant/.well-known/openid-configuration", discovery)
     app.router.add_get("/jwks", jwks)

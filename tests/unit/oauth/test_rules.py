@@ -188,14 +188,19 @@ def test_rate_limiter() -> None:
 
 
 PROFILE_TABLE: list[tuple[dict[str, Any], str, str | None, str | None]] = [
-    ({"idp_issuer": "https://accounts.google.com"}, "openid email profile", "offline", None),
-    ({"idp_issuer": "https://accounts.google.com", "force_consent": True},
-     "openid email profile", "offline", "consent"),
+    ({"idp_issuer": "https://accounts.google.com"}, "openid email profile", "offline", "consent"),
+    ({"idp_issuer": "https://accounts.google.com", "force_consent": False},
+     "openid email profile", "offline", None),
     ({"idp_issuer": "https://tenant.auth0.com/"}, "openid email profile offline_access", None, None),
     ({"idp_issuer": "https://tenant.auth0.com/", "force_consent": True},
      "openid email profile offline_access", None, "consent"),
-    ({"idp_issuer": "https://idp.example.com", "idp_provider": "google"}, "openid email profile", "offline", None),
+    ({"idp_issuer": "https://idp.example.com", "idp_provider": "google"}, "openid email profile", "offline",
+     "consent"),
     ({"idp_issuer": "https://accounts.google.com", "idp_provider": "generic"},
+     "openid email profile offline_access", None, "consent"),
+    # OIDC Core §11: the generic profile asks for consent with offline_access (strict providers need it).
+    ({"idp_issuer": "https://idp.example.com"}, "openid email profile offline_access", None, "consent"),
+    ({"idp_issuer": "https://idp.example.com", "force_consent": False},
      "openid email profile offline_access", None, None),
 ]
 
