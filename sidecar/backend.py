@@ -363,6 +363,11 @@ class BackendResponse:
         return None
 
     @property
+    def body_buffered(self) -> bool:
+        """Body bytes arrived and wait to be read."""
+        return bool(self._x.chunks)
+
+    @property
     def at_eof(self) -> bool:
         return self._x.complete and not self._x.chunks
 

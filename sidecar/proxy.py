@@ -217,6 +217,10 @@ class Proxy:
         out.untyped = "Content-Type" not in headers
         if length is not None:
             out.content_length = length
+        if backend.body_buffered:
+            # The first body bytes are already here: the head goes out with them in one write (one segment
+            # for the client to wait for). Otherwise the head goes at once, so an SSE client sees it early.
+            out.coalesce_head()
         await out.prepare(request)
         self._finish(out, started)
         self._metrics.open_streams.inc()
@@ -253,6 +257,9 @@ class _Relayed(web.Response):
 
 class _RelayedStream(web.StreamResponse):
     untyped = False
+
+    def coalesce_head(self) -> None:
+        self._send_headers_immediately = False
 
     async def _write_headers(self) -> None:
         if self.untyped:
