@@ -4,7 +4,8 @@ Why not aiohttp's ``ClientSession`` here: it is built for talking to the whole w
 proxies, tracing, URL re-parsing, auto headers), and on the relay's hot path that machinery was the largest
 single cost per request. The sidecar talks to exactly one origin, over loopback, with headers it has already
 filtered; this module does only that. Response parsing is ``httptools`` (llhttp, the parser Node.js and
-uvicorn use), never hand-written.
+uvicorn use), never hand-written. Framing and the request head live in :mod:`sidecar.http1`, one
+connection's protocol (response parsing, unsolicited bytes, read backpressure) in :mod:`sidecar.connection`.
 
 What it guarantees (each one is an attack test in ``tests/security/``):
 * **framing is data, decided once** (RFC 9112 §6): the caller's body becomes a :class:`Length` or
@@ -26,7 +27,6 @@ What it guarantees (each one is an attack test in ``tests/security/``):
 * at most ``max_connections`` connections are open; further requests wait for one (up to the connect
   timeout), shown by ``mcp_sidecar_backend_connections{state="open"|"waiting"}``.
 """
-
 
 from __future__ import annotations
 
