@@ -13,8 +13,8 @@ What it guarantees (each one is an attack test in ``tests/security/``):
   never inspects bytes, and the bytes actually sent must equal a declared length, else the connection is
   closed (:class:`BackendRequestMismatch`, a 502), never returned to the pool;
 * header bytes pass unchanged: names and values are encoded back to the exact bytes the client sent
-  (aiohttp decodes them as UTF-8 with ``surrogateescape``); a name that is not an RFC 9110 token or a value
-  with CR, LF or NUL is refused (:class:`UnrepresentableHeader`, a 400) and never sent;
+  (aiohttp decodes them as UTF-8 with ``surrogateescape``); a value with CR, LF or NUL, or text with no byte
+  form, is refused (:class:`UnrepresentableHeader`, a 400) and never sent (names are tokens by construction);
 * a connection returns to the pool only after a complete response with nothing extra and keep-alive on both
   sides; any byte that arrives with no request outstanding closes it and is counted
   (``mcp_sidecar_backend_errors_total{kind="unsolicited"}``);
