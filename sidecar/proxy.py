@@ -242,7 +242,6 @@ class Proxy:
         return out
 
 
-
 class _Relayed(web.Response):
     """A relayed answer. aiohttp adds ``Content-Type: application/octet-stream`` to a body without one; the
     backend's headers are relayed as they are, so when the backend sent none, that default is taken out."""
@@ -256,6 +255,8 @@ class _Relayed(web.Response):
 
 
 class _RelayedStream(web.StreamResponse):
+    """The streamed counterpart of :class:`_Relayed` (both override aiohttp's private ``_write_headers``)."""
+
     untyped = False
 
     def coalesce_head(self) -> None:
