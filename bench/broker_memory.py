@@ -4,8 +4,8 @@ The memory store lives in the sidecar's process, so nothing outside can seed it:
 settings the way ``mcp-auth-sidecar serve`` would get them (``MCP_SIDECAR_*`` from the environment, the
 flags below), creates the ``MemoryTokenStore``, seeds one grant through the store API
 (``bench.broker.seed_grant``), writes the client access token to ``--token-file``, and serves
-``sidecar.app.build_app(settings, store=store)`` the way ``sidecar.server.serve`` does: uvloop, an
-``AppRunner`` with the same options, logging set up like the CLI's. One worker, no metrics port (the memory
+``sidecar.app.build_app(settings, store=store)`` the way ``sidecar.server.serve`` does: uvloop, the
+same runner (``sidecar.server._runner``), logging set up like the CLI's. One worker, no metrics port (the memory
 store is single-process by design).
 
     python -m bench.broker_memory --port 8020 --upstream http://127.0.0.1:8001 --token-file token
@@ -30,15 +30,6 @@ from sidecar.crypto import KeyRing
 from sidecar.store import MemoryTokenStore
 
 
-def _runner(app: web.Application) -> web.AppRunner:
-    """``sidecar.server``'s runner options (kept in step with ``sidecar/server.py``)."""
-    return web.AppRunner(
-        app, handle_signals=False, access_log=None, handler_cancellation=True,
-        max_field_size=server.MAX_FIELD_BYTES, max_line_size=server.MAX_LINE_BYTES,
-        shutdown_timeout=server.SHUTDOWN_GRACE_SECONDS,
-    )
-
-
 async def run(args: argparse.Namespace) -> None:
     flags = {"listen": f"127.0.0.1:{args.port}", "upstream": args.upstream, "mode": "broker",
              "public_url": f"http://127.0.0.1:{args.port}", "metrics_listen": None, "workers": None}
@@ -49,7 +40,7 @@ async def run(args: argparse.Namespace) -> None:
     store = MemoryTokenStore(KeyRing.from_setting(settings.encryption_keys), key_prefix=settings.key_prefix,
                              record_grace_seconds=settings.record_grace_seconds)
     token, _ = await seed_store(store, 0)
-    runner = _runner(build_app(settings, store=store))
+    runner = server._runner(build_app(settings, store=store), settings.request_header_timeout_seconds)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=server.LISTEN_BACKLOG)
     await site.start()

@@ -273,6 +273,10 @@ class Proxy:
         out.untyped = "Content-Type" not in headers
         if length is not None and sse is None:
             out.content_length = length
+        if backend.body_buffered:
+            # The first body bytes are already here: the head goes out with them in one write (one segment
+            # for the client to wait for). Otherwise the head goes at once, so an SSE client sees it early.
+            out.coalesce_head()
         await out.prepare(request)
         if ticket is not None:
             ticket.status = status  # sent: a client leaving mid-stream does not change it
@@ -328,7 +332,6 @@ class Proxy:
         except FilterError as exc:
             raise BackendProtocolError(str(exc)) from None
 
-
 class _Relayed(web.Response):
     """A relayed answer. aiohttp adds ``Content-Type: application/octet-stream`` to a body without one; the
     backend's headers are relayed as they are, so when the backend sent none, that default is taken out."""
@@ -342,7 +345,12 @@ class _Relayed(web.Response):
 
 
 class _RelayedStream(web.StreamResponse):
+    """The streamed counterpart of :class:`_Relayed` (both override aiohttp's private ``_write_headers``)."""
+
     untyped = False
+
+    def coalesce_head(self) -> None:
+        self._send_headers_immediately = False
 
     async def _write_headers(self) -> None:
         if self.untyped:

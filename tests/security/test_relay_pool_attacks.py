@@ -13,6 +13,7 @@ from sidecar.app import METRICS
 from tests.integration.gate.helpers import sample
 from tests.security.conftest import SidecarFor
 from tests.support.h11_backend import Got, H11Backend, ok
+from tests.support.jwt_tokens import valid
 
 SMUGGLED = b"POST /mcp/admin-only HTTP/1.1\r\nHost: x\r\nX-Forwarded-User: admin\r\nContent-Length: 0\r\n\r\n"
 
@@ -98,3 +99,35 @@ async def test_an_idempotent_request_is_retried_once_on_a_fresh_connection(
     resp = await client.get("/mcp", headers={"Authorization": "Bearer t"})
     assert (resp.status, await resp.read()) == (200, b"answer 2")
     assert backend.connections == 2
+
+
+async def test_a_body_cut_off_by_its_client_never_prefixes_the_next_request(
+    backend: H11Backend, sidecar_for: SidecarFor
+) -> None:
+    client = await sidecar_for(backend)
+    port = client.server.port
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    size = 300 * 1024
+    head = b"POST /mcp HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer attacker\r\nContent-Length: %d\r\n\r\n"
+    writer.write(head % size)
+    writer.write(b"a" * (size // 2) + b"POST /mcp/admin-only HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n")
+    await writer.drain()
+    writer.close()  # gone before its declared length: the backend connection must not be reused
+    resp = await client.post("/mcp", data=b'{"next":"user"}', headers={"Authorization": "Bearer victim"})
+    assert resp.status == 200
+    assert await resp.read() == b"POST /mcp #0"
+    (got,) = backend.requests
+    assert got.body == b'{"next":"user"}'
+    assert got.get("Authorization") == b"Bearer victim"
+
+
+async def test_framing_is_never_sniffed_from_an_injected_claim(backend: H11Backend, sidecar_for: SidecarFor) -> None:
+    client = await sidecar_for(backend, inject_headers={"X-Forwarded-User": "{claims.sub}"})
+    body = b"b" * (300 * 1024 - len(SMUGGLED)) + SMUGGLED
+    token = valid(sub="transfer-encoding: chunked")  # decode-only gate: the claim is the caller's to choose
+    resp = await client.post("/mcp", data=body, headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    assert backend.errors == []
+    (got,) = backend.requests
+    assert got.body == body
+    assert got.getall("X-Forwarded-User") == [b"transfer-encoding: chunked"]

@@ -327,3 +327,35 @@ async def test_a_full_pool_answers_in_bounded_time(serve) -> None:
         first.cancel()
     finally:
         await pool.close()
+
+
+async def test_a_backend_that_stops_reading_pauses_the_upload(serve) -> None:
+    stalled = asyncio.Event()
+
+    async def handler(r, w, s):
+        await r.readuntil(b"\r\n\r\n")
+        await stalled.wait()  # reads nothing more: the request body backs up
+
+    _, pool = await serve(handler)
+    produced = 0
+    total = 64 * 1024 * 1024
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal produced
+        while produced < total:
+            produced += 65536
+            yield b"x" * 65536
+
+    task = asyncio.create_task(
+        pool.request("POST", "/mcp", [("Host", "x")], body().__aiter__(), content_length=total, headers_timeout=5)
+    )
+    for _ in range(50):  # until the upload stops making progress
+        before = produced
+        await asyncio.sleep(0.02)
+        if produced == before:
+            break
+    assert produced < total // 4  # bounded by socket buffers and the write high-water mark, not the body
+    task.cancel()
+    stalled.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
