@@ -35,7 +35,18 @@ LAYERS: list[tuple[str, list[str]]] = [
             "sidecar.tool_filter",
         ],
     ),
-    ("adapters", ["sidecar.audit", "sidecar.backend", "sidecar.idp", "sidecar.jwks", "sidecar.store"]),
+    (
+        "adapters",
+        [
+            "sidecar.audit",
+            "sidecar.http1",
+            "sidecar.connection",
+            "sidecar.backend",
+            "sidecar.idp",
+            "sidecar.jwks",
+            "sidecar.store",
+        ],
+    ),
     (
         "engines",
         ["sidecar.guard", "sidecar.inject", "sidecar.auth", "sidecar.refresh", "sidecar.broker", "sidecar.proxy"],
