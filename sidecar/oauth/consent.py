@@ -7,12 +7,15 @@ dynamically registered client before forwarding to third-party authorization ser
   (``frame-ancestors 'none'``) and a page without a decision never redirects upstream.
 * The browser is identified by a ``__Host-`` cookie per client (name derived from the client id; ``Secure``,
   ``HttpOnly``, ``SameSite=Lax``, ``Path=/``: RFC 6265bis §4.1.3.2 prefix rules), holding 256 random bits.
-  The decision is stored server-side per (browser, client) and, after login, per (user, client).
+  The decision is stored server-side per browser and, after login, per user (see below).
   DESIGN §13: the cookie is ``Secure`` even on http loopback (browsers accept that there).
 * CSRF: the form carries a single-use consent id and a CSRF token; the store keeps only the token's hash
   and the hash of the browser's cookie, and the POST must present both (compared with
   :func:`hmac.compare_digest`). A forged or missing token is 403 (DESIGN §13); a cross-origin ``Origin``
-  is 403 too. ``SameSite=Lax`` keeps the cookie off cross-site POSTs as a second layer.
+  is 403 too, and so is ``Origin: null`` (the page sends ``Referrer-Policy: same-origin``, so the genuine
+  POST carries our origin). ``SameSite=Lax`` keeps the cookie off cross-site POSTs as a second layer.
+* A remembered decision is keyed by browser (or user), client and redirect URI (port-free for loopback IP
+  literals), and covers the scopes it was given for.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from sidecar.oauth.clients import Client
+from sidecar.oauth.clients import Client, loopback_key
 from sidecar.oauth.common import SECRET_BYTES, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import AccessDenied, InvalidRequest, OAuthError
@@ -68,12 +71,21 @@ def set_consent_cookie(response: web.StreamResponse, client_id: str, value: str)
     )
 
 
-async def remembered(request: web.Request, client_id: str, scopes: tuple[str, ...], cookie: str | None) -> bool:
-    """True when this browser already allowed ``client_id`` at least these scopes."""
+def consent_target(client_id: str, redirect_uri: str) -> str:
+    """What a remembered decision is about: the client *and* where its codes go (the redirect URI, port-free
+    for loopback IP literals, whose port changes on every login: RFC 8252 §7.3). The store keys consent on a
+    hash of the subject and this string; the scopes are stored in the record and must cover the request."""
+    return client_id + "\n" + loopback_key(redirect_uri)
+
+
+async def remembered(
+    request: web.Request, client_id: str, redirect_uri: str, scopes: tuple[str, ...], cookie: str | None
+) -> bool:
+    """True when this browser already allowed ``client_id`` at least these scopes, for this redirect URI."""
     if cookie is None:
         return False
     try:
-        allowed = await store_of(request).get_consent(browser_subject(cookie), client_id)
+        allowed = await store_of(request).get_consent(browser_subject(cookie), consent_target(client_id, redirect_uri))
     except StoreUnavailable as exc:
         raise store_down(request, "get_consent", exc) from exc
     return allowed is not None and set(scopes) <= allowed
@@ -133,7 +145,9 @@ async def handle_post(request: web.Request) -> web.Response:
     st = oauth(request)
     try:
         origin = request.headers.get("Origin")
-        if origin is not None and origin != "null" and not _same_origin(origin, st.endpoints.issuer):
+        # The page is served with Referrer-Policy: same-origin, so a genuine POST carries our origin;
+        # "null" (sandboxed frames, data: URLs, no-referrer pages) is what an attacker's page can send.
+        if origin is not None and not _same_origin(origin, st.endpoints.issuer):
             raise AccessDenied("the consent form was submitted from another site")
         body = await read_limited(request, MAX_CONSENT_FORM_BYTES)
         try:
@@ -170,7 +184,10 @@ async def handle_post(request: web.Request) -> web.Response:
             raise InvalidRequest("the consent decision is missing")
         try:
             await store_of(request).put_consent(
-                browser_subject(cookie), req.client_id, req.scopes, ttl=CONSENT_TTL_SECONDS
+                browser_subject(cookie),
+                consent_target(req.client_id, req.redirect_uri),
+                req.scopes,
+                ttl=CONSENT_TTL_SECONDS,
             )
         except StoreUnavailable as exc:
             raise store_down(request, "put_consent", exc) from exc
