@@ -45,6 +45,8 @@ from urllib.parse import quote_plus
 import aiohttp
 import jwt
 
+from sidecar.bounded import BodyTooLarge, read_bounded
+
 if TYPE_CHECKING:
     from sidecar.config import Settings
 
@@ -332,6 +334,7 @@ class IdPClient:
         self._client_secret = client_secret
         self._auth_method: TokenAuthMethod = token_auth_method
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_seconds = timeout
         self._leeway = leeway
         self._clock = clock
         self._monotonic = monotonic
@@ -746,16 +749,19 @@ class IdPClient:
                 # A token POST carrying client credentials is never replayed to another location.
                 allow_redirects=method == "GET",
             ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise IdPUnavailable("the IdP's answer is too large", status=response.status)
-                    chunks.append(chunk)
+                try:
+                    # One deadline for the whole exchange: the body read gets what the request left of it.
+                    body = await read_bounded(
+                        response.content,
+                        limit=MAX_RESPONSE_BYTES,
+                        timeout=self._timeout_seconds,
+                        declared=response.content_length,
+                    )
+                except BodyTooLarge:
+                    raise IdPUnavailable("the IdP's answer is too large", status=response.status) from None
                 return _HttpAnswer(
                     status=response.status,
-                    body=b"".join(chunks),
+                    body=body,
                     retry_after=_parse_retry_after(response.headers.get("Retry-After")),
                 )
         except TimeoutError as exc:

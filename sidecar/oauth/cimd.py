@@ -42,6 +42,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from sidecar.bounded import BodyTooLarge, read_bounded
 from sidecar.oauth.clients import Client, redirect_uri_problem
 
 log = logging.getLogger("sidecar.oauth.cimd")
@@ -262,9 +263,15 @@ class CimdFetcher:
             ) as response:
                 if response.status != 200:
                     raise CimdError(f"fetching the client metadata document answered HTTP {response.status}")
-                body = await response.content.read(CIMD_MAX_BYTES + 1)
-                if len(body) > CIMD_MAX_BYTES:
-                    raise CimdError(f"the client metadata document is larger than {CIMD_MAX_BYTES} bytes")
+                try:
+                    body = await read_bounded(
+                        response.content,
+                        limit=CIMD_MAX_BYTES,
+                        timeout=CIMD_FETCH_TIMEOUT_SECONDS,
+                        declared=response.content_length,
+                    )
+                except BodyTooLarge:
+                    raise CimdError(f"the client metadata document is larger than {CIMD_MAX_BYTES} bytes") from None
                 ttl = _document_ttl(response.headers.get("Cache-Control"))
         except CimdError:
             raise
