@@ -102,6 +102,8 @@ class Settings(BaseModel):
     refresh_replay_grace_seconds: int = Field(30, ge=0, le=600)
     cimd_allow_private_addresses: bool = False
     rate_limit_per_minute: int = Field(60, ge=0)
+    request_body_timeout_seconds: float = Field(10, gt=0, le=300)
+    max_registered_clients: int = Field(100_000, ge=1)
 
     @field_validator(
         "authorization_servers",

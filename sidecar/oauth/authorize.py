@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from sidecar.oauth.clients import redirect_uri_matches
-from sidecar.oauth.common import client_address, parse_scope, resource_allowed, valid_code_challenge
+from sidecar.oauth.common import check_rate, parse_scope, resource_allowed, valid_code_challenge
 from sidecar.oauth.consent import cookie_name, remembered, show_page
 from sidecar.oauth.context import UnknownClient, oauth, resolve_client
 from sidecar.oauth.errors import (
@@ -40,7 +40,6 @@ from sidecar.oauth.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
-    RateLimited,
     UnauthorizedClient,
     UnsupportedResponseType,
 )
@@ -72,9 +71,7 @@ async def handle(request: web.Request) -> web.Response:
         target = st.endpoints.authorize + question + raw_query
         return web.Response(status=302, headers={**NO_STORE, "Location": target})
     try:
-        wait = st.limits["authorize"].check(client_address(request))
-        if wait:
-            raise RateLimited(wait)
+        check_rate(request, st.limits["authorize"])
         query = request.query
         for name in set(query.keys()):
             if len(query.getall(name)) > 1:

@@ -23,7 +23,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from sidecar.idp import IdPRejected, IdPUnavailable, IdTokenInvalid, sanitize_description
-from sidecar.oauth.common import SECRET_BYTES
+from sidecar.oauth.common import SECRET_BYTES, check_rate
 from sidecar.oauth.consent import CONSENT_TTL_SECONDS, consent_target, cookie_name
 from sidecar.oauth.context import idp_of, metrics_of, oauth, store_down, store_of
 from sidecar.oauth.errors import (
@@ -59,6 +59,7 @@ async def handle(request: web.Request) -> web.Response:
     issuer = st.endpoints.issuer
     query = request.query
     try:
+        check_rate(request, st.limits["callback"])
         state = query.get("state")
         if not state:
             raise InvalidRequest("the identity provider's answer has no state")

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from sidecar.oauth.clients import Client, loopback_key
-from sidecar.oauth.common import SECRET_BYTES, parse_form, read_limited, secure_equal
+from sidecar.oauth.common import SECRET_BYTES, check_rate, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import AccessDenied, InvalidRequest, OAuthError
 from sidecar.oauth.pages import error_page, esc, page
@@ -144,6 +144,7 @@ async def handle_post(request: web.Request) -> web.Response:
     """The consent form's POST: check CSRF and the browser, store the decision, redirect upstream (303)."""
     st = oauth(request)
     try:
+        check_rate(request, st.limits["consent"])
         origin = request.headers.get("Origin")
         # The page is served with Referrer-Policy: same-origin, so a genuine POST carries our origin;
         # "null" (sandboxed frames, data: URLs, no-referrer pages) is what an attacker's page can send.

@@ -38,7 +38,7 @@ from aiohttp import web
 from sidecar.idp import IdPError, IdPRejected
 from sidecar.oauth.clients import Client, authenticate, presented_credentials
 from sidecar.oauth.common import (
-    client_address,
+    check_rate,
     parse_form,
     parse_scope,
     pkce_matches,
@@ -63,7 +63,6 @@ from sidecar.oauth.errors import (
     InvalidScope,
     InvalidTarget,
     OAuthError,
-    RateLimited,
     UnauthorizedClient,
     UnsupportedGrantType,
 )
@@ -139,9 +138,7 @@ async def authenticated_client(request: web.Request, form: dict[str, str]) -> Cl
 async def handle(request: web.Request) -> web.Response:
     st = oauth(request)
     try:
-        wait = st.limits["token"].check(client_address(request))
-        if wait:
-            raise RateLimited(wait)
+        check_rate(request, st.limits["token"])
         form = await read_form(request)
         grant_type = form.get("grant_type")
         if grant_type is None:
