@@ -45,7 +45,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from sidecar.bounded import BodyTooLarge, read_bounded
-from sidecar.oauth.clients import Client, redirect_uri_problem
+from sidecar.oauth.clients import Client, clean_name, redirect_uri_problem
 
 log = logging.getLogger("sidecar.oauth.cimd")
 
@@ -214,7 +214,7 @@ def client_from_document(client_id: str, doc: Any) -> Client:
         token_endpoint_auth_method="none",
         grant_types=tuple(g for g in grant_types if g in ("authorization_code", "refresh_token")),
         application_type=application_type,
-        client_name=name[:200] if isinstance(name, str) and name else None,
+        client_name=clean_name(name, 200),
         client_uri=client_uri if isinstance(client_uri, str) else None,
     )
 

@@ -22,11 +22,13 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import unquote_plus, urlsplit
 
+import yarl
 from aiohttp import web
 
 from sidecar.oauth.errors import InvalidClient, InvalidRequest
@@ -67,10 +69,10 @@ class Client:
         return self.token_endpoint_auth_method != "none"
 
     def display_name(self) -> str:
-        """What the consent page calls the client: the document's host for CIMD (the only verified fact),
-        else the self-asserted registered name."""
+        """What the consent page calls the client: the document's host for CIMD (the only verified fact, in
+        ASCII: punycode, never a look-alike Unicode spelling), else the self-asserted registered name."""
         if self.kind == "metadata_document":
-            return urlsplit(self.client_id).hostname or self.client_id
+            return host_forms(self.client_id)[0]
         return self.client_name or "an unnamed client"
 
     def to_record(self) -> dict[str, Any]:
@@ -104,6 +106,45 @@ class Client:
             client_uri=_opt_str(record.get("client_uri")),
             secret_hash=_opt_str(record.get("secret_hash")),
         )
+
+
+# Unicode general categories never shown in a name: controls, format characters (bidi overrides and
+# isolates, zero-width joiners, soft hyphens...), surrogates, private use, unassigned, line/paragraph
+# separators. A bidi override can make "moc.elgoog" read as "google.com" on the consent page.
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def clean_name(value: object, limit: int) -> str | None:
+    """A self-asserted name fit for display: invisible and direction-changing characters removed, at most
+    ``limit`` characters, ``None`` when nothing is left."""
+    if not isinstance(value, str):
+        return None
+    kept = "".join(ch for ch in value if unicodedata.category(ch) not in _HIDDEN_CATEGORIES)
+    return kept.strip()[:limit] or None
+
+
+def host_forms(url: str) -> tuple[str, str | None]:
+    """The URL's host as shown to a person: its ASCII form (IDNA punycode, what the browser and DNS use), and
+    the Unicode form only when it differs (``None`` otherwise). A host that cannot be converted is shown with
+    its non-ASCII characters escaped."""
+    try:
+        parsed = yarl.URL(url)
+        ascii_host = parsed.raw_host or ""
+        unicode_host = parsed.host or ""
+    except (ValueError, UnicodeError):
+        host = urlsplit(url).hostname or url
+        return host.encode("ascii", "backslashreplace").decode("ascii"), None
+    if not ascii_host.isascii():
+        return ascii_host.encode("ascii", "backslashreplace").decode("ascii"), None
+    return ascii_host, (unicode_host if unicode_host != ascii_host else None)
+
+
+def ascii_url(url: str) -> str:
+    """``url`` with its host in punycode, for display (never a Unicode look-alike)."""
+    try:
+        return str(yarl.URL(url))
+    except (ValueError, UnicodeError):
+        return url.encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _opt_str(value: object) -> str | None:

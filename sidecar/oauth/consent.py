@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from sidecar.oauth.clients import Client, loopback_key
+from sidecar.oauth.clients import Client, ascii_url, host_forms, loopback_key
 from sidecar.oauth.common import SECRET_BYTES, check_rate, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import AccessDenied, InvalidRequest, OAuthError
@@ -105,10 +105,14 @@ async def show_page(
         raise store_down(request, "put_pending", exc) from exc
     st = oauth(request)
     if client.kind == "metadata_document":
-        who = f"<strong>{esc(client.display_name())}</strong>"
+        # Hosts in ASCII (punycode): a look-alike Unicode spelling is shown only beside it, marked as such.
+        ascii_host, unicode_host = host_forms(client.client_id)
+        who = f"<strong>{esc(ascii_host)}</strong>"
+        if unicode_host is not None:
+            who += f" (written in Unicode as &ldquo;{esc(unicode_host)}&rdquo;)"
         if client.client_name:
             who += f" (calls itself &ldquo;{esc(client.client_name)}&rdquo;)"
-        verified = "Its identity is the web address <span class=uri>" + esc(client.client_id) + "</span>."
+        verified = "Its identity is the web address <span class=uri>" + esc(ascii_url(client.client_id)) + "</span>."
     else:
         who = f"<strong>{esc(client.display_name())}</strong>"
         verified = "This name was chosen by the application itself and is not verified."

@@ -26,7 +26,14 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from sidecar.oauth.clients import AUTH_METHODS, GRANT_TYPES, Client, hash_secret, redirect_uri_problem
+from sidecar.oauth.clients import (
+    AUTH_METHODS,
+    GRANT_TYPES,
+    Client,
+    clean_name,
+    hash_secret,
+    redirect_uri_problem,
+)
 from sidecar.oauth.common import SECRET_BYTES, check_rate, read_limited
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import (
@@ -65,7 +72,7 @@ def _optional_text(meta: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidClientMetadata(f"{key} must be a string")
-    return "".join(ch for ch in value if ch.isprintable())[:MAX_NAME_LENGTH] or None
+    return clean_name(value, MAX_NAME_LENGTH)
 
 
 def validate(meta: Any) -> tuple[Client, dict[str, Any]]:
