@@ -32,6 +32,7 @@ TOKEN_CACHE_ENTRIES = 10_000
 class _Seen:
     grant_id: str
     until: float
+    scopes: tuple[str, ...] | None = None
 
 
 class BrokerAuthenticator:
@@ -53,7 +54,7 @@ class BrokerAuthenticator:
             raise reject_for(token)
         seen = self._cache.get(token)
         if seen is not None and now < seen.until:
-            return Identity(token, Kind.OPAQUE, {}, seen.grant_id)
+            return Identity(token, Kind.OPAQUE, {}, seen.grant_id, seen.scopes)
         parsed = parse_client_token(token)
         if parsed is None or parsed.kind != "access":
             raise InvalidToken("the token was not issued by this server", reason="unknown_token")
@@ -72,8 +73,8 @@ class BrokerAuthenticator:
         if self._cache_seconds > 0:
             if len(self._cache) >= TOKEN_CACHE_ENTRIES:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[token] = _Seen(grant_id, min(now + self._cache_seconds, found.expires_at))
-        return Identity(token, Kind.OPAQUE, {}, grant_id)
+            self._cache[token] = _Seen(grant_id, min(now + self._cache_seconds, found.expires_at), found.scopes)
+        return Identity(token, Kind.OPAQUE, {}, grant_id, found.scopes)
 
 
 class IdTokenAuthenticator:
@@ -143,7 +144,9 @@ class BrokerResolver:
     async def __call__(self, identity: Identity) -> Mapping[str, str] | None:
         assert identity.grant_id is not None
         grant = await self._credentials.current(identity.grant_id)
-        if self._required and not self._required.issubset(grant.scopes):
+        # A token from a narrowed refresh carries only its own scopes, never more than the grant's (sealed).
+        scopes = grant.scopes if identity.scopes is None else tuple(s for s in grant.scopes if s in identity.scopes)
+        if self._required and not self._required.issubset(scopes):
             raise InsufficientScope("the grant lacks a required scope", scope=self._required_sorted)
         upstream = grant.upstream
         ctx = Context(
@@ -151,7 +154,7 @@ class BrokerResolver:
             access_token=upstream.access_token if upstream else None,
             id_token=upstream.id_token if upstream else None,
             client_id=grant.client_id,
-            scopes=grant.scopes,
+            scopes=scopes,
             subject=grant.subject,
         )
         return self._templates.render(ctx)

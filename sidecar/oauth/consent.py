@@ -88,6 +88,8 @@ async def remembered(
         allowed = await store_of(request).get_consent(browser_subject(cookie), consent_target(client_id, redirect_uri))
     except StoreUnavailable as exc:
         raise store_down(request, "get_consent", exc) from exc
+    except RecordCorrupt:
+        return False  # an edited consent record is not a decision (logged by the store): ask again
     return allowed is not None and set(scopes) <= allowed
 
 

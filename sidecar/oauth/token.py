@@ -301,6 +301,9 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     if requested is not None and not set(requested) <= set(grant.scopes):
         # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted".
         raise InvalidScope("the requested scope exceeds the original grant")
+    # A narrower scope is real (issue 12): the new access token carries only it, in the answer and in what
+    # the backend gets; the refresh token keeps the grant's scope (RFC 6749 §6: omitted = as granted).
+    narrowed = None if requested is None or set(requested) == set(grant.scopes) else tuple(requested)
     try:
         result = await store.rotate_refresh_token(
             grant.grant_id,
@@ -310,6 +313,7 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
             access_ttl=settings.access_token_ttl_seconds,
             refresh_ttl=settings.refresh_token_ttl_seconds,
             replay_grace=settings.refresh_replay_grace_seconds,
+            scopes=narrowed,
         )
     except StoreUnavailable as exc:
         raise store_down(request, "rotate_refresh_token", exc) from exc
@@ -320,7 +324,7 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
         raise InvalidGrant("the refresh token is invalid, expired or revoked")
     if result.outcome is RotationOutcome.REPLAYED:
         log.info("refresh token retried within the replay grace", extra={"grant": grant.grant_id})
-    return _token_body(request, result.tokens, grant.scopes)
+    return _token_body(request, result.tokens, narrowed if narrowed is not None else grant.scopes)
 
 
 # --- client_token: id_token (seed 000) ------------------------------------------------------------------------

@@ -520,27 +520,38 @@ def make_pair(
     )
 
 
-def access_record(expires_ms: int, grant_id: str) -> str:
-    """The value stored under an access token's hash: ``<expiry-ms>:<grant-id>``."""
-    return f"{expires_ms}:{grant_id}"
+def scope_suffix(scopes: Sequence[str] | None) -> str:
+    """What follows the grant id in a narrowed access token's record: ``:<scope> <scope>...`` (or nothing)."""
+    return "" if scopes is None else ":" + " ".join(scopes)
+
+
+def access_record(expires_ms: int, grant_id: str, scopes: Sequence[str] | None = None) -> str:
+    """The value stored under an access token's hash: ``<expiry-ms>:<grant-id>``, plus ``:<scopes>`` when the
+    token was issued for fewer scopes than its grant (a narrowed refresh, RFC 6749 §6). The suffix can only
+    narrow: readers intersect it with the grant's sealed scopes, so editing it cannot add a scope."""
+    return f"{expires_ms}:{grant_id}{scope_suffix(scopes)}"
 
 
 @dataclass(frozen=True, slots=True)
 class AccessTokenInfo:
-    """A live client access token: its grant and its expiry (epoch seconds), for bounded caching."""
+    """A live client access token: its grant, its expiry (epoch seconds, for bounded caching) and, for a
+    token from a narrowed refresh, the scopes it carries (``None``: all of the grant's)."""
 
     grant_id: str
     expires_at: float
+    scopes: tuple[str, ...] | None = None
 
 
 def check_access_record(value: str, grant_id: str, now_ms: int) -> AccessTokenInfo | None:
     """The token's grant and expiry if the record is live and names ``grant_id`` (compared in constant time)."""
-    exp_text, _, stored_gid = value.partition(":")
+    exp_text, _, rest = value.partition(":")
+    stored_gid, narrowed, scope_text = rest.partition(":")
     if not exp_text.isdigit() or int(exp_text) <= now_ms:
         return None
     if not hmac.compare_digest(stored_gid.encode(), grant_id.encode()):
         return None
-    return AccessTokenInfo(grant_id, int(exp_text) / 1000.0)
+    scopes = tuple(s for s in scope_text.split(" ") if s) if narrowed else None
+    return AccessTokenInfo(grant_id, int(exp_text) / 1000.0, scopes)
 
 
 def check_token_for(grant_id: str, token: str, kind: TokenKind) -> None:
@@ -640,8 +651,10 @@ class TokenStore(Protocol):
         access_ttl: float,
         refresh_ttl: float,
         replay_grace: float,
+        scopes: Sequence[str] | None = None,
     ) -> RotationResult:
-        """Single-use rotation as one atomic step (DESIGN §8); see :class:`RotationOutcome`."""
+        """Single-use rotation as one atomic step (DESIGN §8); see :class:`RotationOutcome`. ``scopes``: the
+        new access token carries only these (a narrowed refresh); ``None`` = the grant's."""
 
     async def revoke_token(self, token: str) -> bool:
         """RFC 7009: revoke an access token, or a live refresh token together with its whole grant.

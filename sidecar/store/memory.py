@@ -163,12 +163,13 @@ class MemoryTokenStore:
         now_ms: int,
         access_ttl_ms: int,
         refresh_ttl_ms: int,
+        scopes: Sequence[str] | None = None,
     ) -> None:
         keys = self._keys
         index = self._zset(keys.index(grant_id), now_ms)
         at_member = access_member(token_hash(pair.access_token))
         at_exp = now_ms + access_ttl_ms
-        self._put(keys.member_key(grant_id, at_member), access_record(at_exp, grant_id), at_exp, now_ms)
+        self._put(keys.member_key(grant_id, at_member), access_record(at_exp, grant_id, scopes), at_exp, now_ms)
         index[at_member] = at_exp
         client_exp = at_exp
         if pair.refresh_token is not None:
@@ -318,6 +319,7 @@ class MemoryTokenStore:
         access_ttl: float,
         refresh_ttl: float,
         replay_grace: float,
+        scopes: Sequence[str] | None = None,
     ) -> RotationResult:
         check_token_for(grant_id, new_access_token, "access")
         check_token_for(grant_id, new_refresh_token, "refresh")
@@ -357,7 +359,7 @@ class MemoryTokenStore:
                 successor_key, self._keyring.encrypt(pair.to_json(), record_key=successor_key), successor_exp, now_ms
             )
             self._zset(keys.index(grant_id), now_ms)[successor_member(digest)] = successor_exp
-        self._add_tokens(grant_id, record, pair, now_ms, access_ttl_ms, refresh_ttl_ms)
+        self._add_tokens(grant_id, record, pair, now_ms, access_ttl_ms, refresh_ttl_ms, scopes)
         self._touch(grant_id, record, now_ms)
         return RotationResult(RotationOutcome.ROTATED, pair)
 

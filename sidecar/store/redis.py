@@ -63,6 +63,7 @@ from sidecar.store.base import (
     open_successor,
     parse_client_token,
     refresh_member,
+    scope_suffix,
     seal_claims,
     seal_payload,
     seal_scopes,
@@ -111,8 +112,9 @@ local function touch(grant, idx, now, grace, min_ttl)
   if redis.call('EXISTS', idx) == 1 then redis.call('PEXPIRE', idx, int(deadline - now)) end
 end
 -- Records a token pair. Without a refresh token (rt_exp == 0) the rt key is an unused placeholder.
-local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member)
-  redis.call('SET', at, int(at_exp) .. ':' .. gid, 'PX', int(at_exp - now))
+-- at_suffix: '' or ':<scopes>' for an access token narrowed at refresh (sidecar.store.base.access_record).
+local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member, at_suffix)
+  redis.call('SET', at, int(at_exp) .. ':' .. gid .. at_suffix, 'PX', int(at_exp - now))
   redis.call('ZADD', idx, int(at_exp), at_member)
   local cl = at_exp
   if rt_exp > 0 then
@@ -161,7 +163,8 @@ _LUA_ISSUE = (
     + """
 local now = tonumber(ARGV[1])
 if not live(KEYS[1], now) then return 0 end
-add_tokens(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8])
+add_tokens(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8],
+           '')
 touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return 1
 """
@@ -169,7 +172,7 @@ return 1
 
 # KEYS: grant, idx, old_rt, successor, new_at, new_rt
 # ARGV: now, grace, min_ttl, gid, replay_grace, at_exp, rt_exp, successor_envelope, at_member, rt_member,
-#       successor_member, successor_slack
+#       successor_member, successor_slack, at_suffix
 _LUA_ROTATE = (
     _LUA_PRELUDE
     + """
@@ -196,7 +199,8 @@ if replay_grace > 0 then
   redis.call('SET', KEYS[4], ARGV[8], 'PX', int(keep))
   redis.call('ZADD', KEYS[2], int(now + keep), ARGV[11])
 end
-add_tokens(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9], ARGV[10])
+add_tokens(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9], ARGV[10],
+           ARGV[13])
 touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return {'rotated'}
 """
@@ -458,6 +462,7 @@ class RedisTokenStore:
         access_ttl: float,
         refresh_ttl: float,
         replay_grace: float,
+        scopes: Sequence[str] | None = None,
     ) -> RotationResult:
         check_token_for(grant_id, new_access_token, "access")
         check_token_for(grant_id, new_refresh_token, "refresh")
@@ -491,6 +496,7 @@ class RedisTokenStore:
             rt_member,
             successor_member(digest),
             str(SUCCESSOR_SLACK_MS),
+            scope_suffix(scopes),
         ]
         async with _translate("rotate_refresh_token"):
             reply = cast(list[str], await self._run(self._rotate, script_keys, args))
