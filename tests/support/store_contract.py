@@ -667,8 +667,8 @@ class StoreContract:
     # --- integrity (issue 12): every field that grants identity or access is sealed ---------------------------
 
     async def test_identity_fields_are_not_in_clear(self, h: Harness) -> None:
-        grant = await new_grant(h, subject="alice-subject", client_id="client-xyz", scopes=["scope-abc"],
-                                claims={"email": "alice@example.com"})
+        await new_grant(h, subject="alice-subject", client_id="client-xyz", scopes=["scope-abc"],
+                        claims={"email": "alice@example.com"})
         await h.store.put_client("client-xyz", {"client_id": "client-xyz", "redirect_uris": ["https://r.example/cb"],
                                                 "secret_hash": "f" * 64})
         await h.store.put_consent("alice-subject", "client-xyz", ["scope-abc"], ttl=DAY)
