@@ -45,7 +45,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from sidecar.bounded import BodyTooLarge, read_bounded
-from sidecar.oauth.clients import Client, clean_name, redirect_uri_problem
+from sidecar.oauth.clients import Client, clean_name, parse_plain_uri, redirect_uri_problem
 
 log = logging.getLogger("sidecar.oauth.cimd")
 
@@ -89,6 +89,13 @@ def client_id_url_problem(client_id: str) -> str | None:
     """Why ``client_id`` is not a valid client identifier URL (draft §3), or ``None``."""
     if len(client_id) > MAX_CLIENT_ID_LENGTH:
         return "the client id URL is too long"
+    # Read the way browsers and the fetcher read it: no backslash, whitespace, userinfo, non-ASCII (hosts in
+    # punycode) or percent-encoded authority (the same plain form as redirect URIs).
+    plain = parse_plain_uri(client_id)
+    if isinstance(plain, str):
+        return "the client id URL is not a plain https URL: " + plain.replace("redirect URIs", "URLs").replace(
+            "redirect URI", "URL"
+        )
     try:
         parts = urlsplit(client_id)
         _ = parts.port

@@ -8,20 +8,26 @@ import time
 import pytest
 
 from sidecar.oauth import OAUTH
-from sidecar.oauth.cimd import client_from_document
+from sidecar.oauth.cimd import client_from_document, client_id_url_problem
 from sidecar.oauth.clients import clean_name, host_forms
 from sidecar.oauth.registration import validate
 from tests.integration.oauth.flow import authorize_url
 from tests.support.oauth_harness import DEFAULT_REDIRECT_URI, Browser, Sidecar
 
 CYRILLIC_A = "\u0430"
-LOOKALIKE = f"https://cl{CYRILLIC_A}ude.ai/oauth/client.json"
+LOOKALIKE = "https://xn--clude-5ve.ai/oauth/client.json"  # cl<Cyrillic a>ude.ai, as a client id must be written
 
 
 def test_hosts_are_shown_in_ascii_with_unicode_beside() -> None:
-    assert host_forms(LOOKALIKE) == ("xn--clude-5ve.ai", f"cl{CYRILLIC_A}ude.ai")
+    assert host_forms(f"https://cl{CYRILLIC_A}ude.ai/x") == ("xn--clude-5ve.ai", f"cl{CYRILLIC_A}ude.ai")
     assert host_forms("https://xn--clude-5ve.ai/x") == ("xn--clude-5ve.ai", f"cl{CYRILLIC_A}ude.ai")
     assert host_forms("https://claude.ai/x") == ("claude.ai", None)
+
+
+def test_unicode_client_id_urls_are_refused() -> None:
+    assert client_id_url_problem(f"https://cl{CYRILLIC_A}ude.ai/oauth/client.json") is not None
+    assert client_id_url_problem("https://evil.example\\@claude.ai/oauth/client.json") is not None
+    assert client_id_url_problem(LOOKALIKE) is None
 
 
 @pytest.mark.parametrize("bad", ["\u202e", "\u2066", "\u200b", "\u200f", "\u00ad", "\u061c", "\x07", "\u2028"])
