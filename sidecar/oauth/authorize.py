@@ -57,6 +57,11 @@ class _ClientPageError(OAuthError):
     status = 400
 
 
+# Added to the one redirect to the issuer's host: if the request still arrives under another Host (a proxy
+# that rewrites Host), it is served as it is instead of redirected again, so there is never a loop.
+HOST_REDIRECT_MARKER = "mcpsc_host_redirect"
+
+
 def _other_host(request: web.Request, issuer: str) -> bool:
     """True when the browser reached us under another host than the issuer's: the consent cookie would be
     set on that host and the form posted to the issuer's, so the person would read "another browser"."""
@@ -67,9 +72,14 @@ def _other_host(request: web.Request, issuer: str) -> bool:
 async def handle(request: web.Request) -> web.Response:
     st = oauth(request)
     if _other_host(request, st.endpoints.issuer):
-        _, question, raw_query = request.raw_path.partition("?")
-        target = st.endpoints.authorize + question + raw_query
-        return web.Response(status=302, headers={**NO_STORE, "Location": target})
+        if HOST_REDIRECT_MARKER not in request.query:
+            _, question, raw_query = request.raw_path.partition("?")
+            target = st.endpoints.authorize + question + raw_query + ("&" if raw_query else "?")
+            return web.Response(status=302, headers={**NO_STORE, "Location": target + HOST_REDIRECT_MARKER + "=1"})
+        log.warning(
+            "/oauth/authorize still reached under another Host than public_url's after redirecting there: "
+            "a proxy in front rewrites Host; pass it through unchanged"
+        )
     try:
         check_rate(request, st.limits["authorize"])
         query = request.query

@@ -77,5 +77,10 @@ async def test_authorize_under_another_host_goes_to_the_issuer_host_first(
     async with aiohttp.ClientSession() as session, session.get(yarl.URL(other, encoded=True),
                                                                allow_redirects=False) as r:
         assert r.status == 302
-        assert r.headers["Location"] == url
+        assert r.headers["Location"] == url + "&mcpsc_host_redirect=1"
         assert "Set-Cookie" not in r.headers
+    # A proxy that rewrites Host would bring the browser back under the other host: served, never a loop.
+    async with aiohttp.ClientSession() as session, session.get(
+        yarl.URL(other + "&mcpsc_host_redirect=1", encoded=True), allow_redirects=False
+    ) as r:
+        assert r.status == 200 and "consent_id" in await r.text()
