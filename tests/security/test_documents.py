@@ -8,6 +8,7 @@ IdP's discovery document and token responses) goes through one helper, :func:`si
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import ssl
 import time
@@ -17,6 +18,8 @@ from typing import Literal
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.bounded import BodyTooLarge, read_bounded
 from sidecar.idp import IdPClient, IdPUnavailable
@@ -258,3 +261,34 @@ async def test_idp_answer_that_is_too_large_is_refused() -> None:
     async with idp_for("too-much") as idp:
         with pytest.raises(IdPUnavailable, match="too large"):
             await idp.discover()
+
+
+# --- generated splits -------------------------------------------------------------------------------------------
+
+
+class _Protocol:
+    """The little of a protocol a StreamReader touches when it is fed directly."""
+
+    _reading_paused = False
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self, resume_parser: bool = True) -> None: ...
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=40), limit=st.integers(0, 4000))
+def test_any_split_reads_the_same_body_or_refuses_it(body: bytes, cuts: list[int], limit: int) -> None:
+    async def read() -> bytes:
+        stream = aiohttp.StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+        edges = sorted({0, len(body), *(c for c in cuts if c < len(body))})
+        for start, end in itertools.pairwise(edges):
+            stream.feed_data(body[start:end])
+        stream.feed_eof()
+        return await read_bounded(stream, limit=limit, timeout=5)
+
+    if len(body) > limit:
+        with pytest.raises(BodyTooLarge):
+            asyncio.run(read())
+    else:
+        assert asyncio.run(read()) == body
