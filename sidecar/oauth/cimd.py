@@ -80,6 +80,10 @@ class CimdError(Exception):
         self.reason = reason
 
 
+class CimdBusy(CimdError):
+    """Too many fetches to the document's host at once: transient, so not remembered as a failure."""
+
+
 def looks_like_metadata_url(client_id: str) -> bool:
     """Client ids that name a metadata document (everything else is a registration id)."""
     return client_id.startswith("https://")
@@ -299,6 +303,8 @@ class CimdFetcher:
     async def _fetch_remembering_failure(self, client_id: str) -> Client:
         try:
             return await self._fetch_one_per_host(client_id)
+        except CimdBusy:
+            raise
         except CimdError as exc:
             self._failures[client_id] = (exc.reason, self._monotonic() + CIMD_FAILURE_CACHE_SECONDS)
             while len(self._failures) > CIMD_CACHE_ENTRIES:
@@ -314,7 +320,7 @@ class CimdFetcher:
                 async with asyncio.timeout(CIMD_FETCH_TIMEOUT_SECONDS):
                     await semaphore.acquire()
             except TimeoutError:
-                raise CimdError("too many client metadata fetches to this host at once; try again") from None
+                raise CimdBusy("too many client metadata fetches to this host at once; try again") from None
             try:
                 return await self._fetch(client_id)
             finally:
