@@ -42,6 +42,7 @@ class Identity:
     kind: Kind
     claims: Mapping[str, Any]
     grant_id: str | None = None  # broker mode: the grant the client token belongs to
+    scopes: tuple[str, ...] | None = None  # broker mode: a token narrowed at refresh carries only these
 
 
 class Authenticator(Protocol):

@@ -36,7 +36,8 @@ class BrokerAuthenticator:
         self._store = store
         self._metrics = metrics
         self._cache_seconds = cache_seconds
-        self._cache: BoundedCache[str, str] = BoundedCache(TOKEN_CACHE_ENTRIES)  # token -> grant id
+        # token -> (grant id, the scopes the token carries)
+        self._cache: BoundedCache[str, tuple[str, tuple[str, ...] | None]] = BoundedCache(TOKEN_CACHE_ENTRIES)
         self._lookups: SingleFlight[str, AccessTokenInfo | None] = SingleFlight()
 
     def forget(self, token: str) -> None:
@@ -46,9 +47,9 @@ class BrokerAuthenticator:
         token = parse_authorization(authorization)
         if isinstance(token, BearerProblem):
             raise reject_for(token)
-        cached_grant = self._cache.get(token, now)
-        if cached_grant is not None:
-            return Identity(token, Kind.OPAQUE, {}, cached_grant)
+        cached = self._cache.get(token, now)
+        if cached is not None:
+            return Identity(token, Kind.OPAQUE, {}, cached[0], cached[1])
         parsed = parse_client_token(token)
         if parsed is None or parsed.kind != "access":
             raise InvalidToken("the token was not issued by this server", reason="unknown_token")
@@ -65,8 +66,8 @@ class BrokerAuthenticator:
             raise InvalidToken("the access token is unknown, expired or revoked", reason="unknown_token")
         grant_id = found.grant_id
         if self._cache_seconds > 0:
-            self._cache.put(token, grant_id, until=min(now + self._cache_seconds, found.expires_at))
-        return Identity(token, Kind.OPAQUE, {}, grant_id)
+            self._cache.put(token, (grant_id, found.scopes), until=min(now + self._cache_seconds, found.expires_at))
+        return Identity(token, Kind.OPAQUE, {}, grant_id, found.scopes)
 
 
 class IdTokenAuthenticator:
@@ -135,7 +136,9 @@ class BrokerResolver:
     async def __call__(self, identity: Identity) -> Mapping[str, str] | None:
         assert identity.grant_id is not None
         grant = await self._credentials.current(identity.grant_id)
-        if self._required and not self._required.issubset(grant.scopes):
+        # A token from a narrowed refresh carries only its own scopes, never more than the grant's (sealed).
+        scopes = grant.scopes if identity.scopes is None else tuple(s for s in grant.scopes if s in identity.scopes)
+        if self._required and not self._required.issubset(scopes):
             raise InsufficientScope("the grant lacks a required scope", scope=self._required_sorted)
         upstream = grant.upstream
         ctx = Context(
@@ -143,7 +146,7 @@ class BrokerResolver:
             access_token=upstream.access_token if upstream else None,
             id_token=upstream.id_token if upstream else None,
             client_id=grant.client_id,
-            scopes=grant.scopes,
+            scopes=scopes,
             subject=grant.subject,
         )
         return self._templates.render(ctx)

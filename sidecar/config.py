@@ -111,6 +111,8 @@ class Settings(BaseModel):
     refresh_replay_grace_seconds: int = Field(30, ge=0, le=600)
     cimd_allow_private_addresses: bool = False
     rate_limit_per_minute: int = Field(60, ge=0)
+    request_body_timeout_seconds: float = Field(10, gt=0, le=300)
+    max_registered_clients: int = Field(100_000, ge=1)
 
     # --- access control and audit (issue 15) ---
     tool_policy: list[Any] = Field(default_factory=list)  # rules; compiled and checked by sidecar.policy

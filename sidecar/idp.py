@@ -47,6 +47,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
+from sidecar.bounded import BodyTooLarge, read_bounded
+
 if TYPE_CHECKING:
     from sidecar.config import Settings
 
@@ -341,6 +343,7 @@ class IdPClient:
         self._client_secret = client_secret
         self._auth_method: TokenAuthMethod = token_auth_method
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_seconds = timeout
         self._leeway = leeway
         self._clock = clock
         self._monotonic = monotonic
@@ -799,16 +802,19 @@ class IdPClient:
                 # A token POST carrying client credentials is never replayed to another location.
                 allow_redirects=method == "GET" if follow_redirects is None else follow_redirects,
             ) as response:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise IdPUnavailable("the IdP's answer is too large", status=response.status)
-                    chunks.append(chunk)
+                try:
+                    # One deadline for the whole exchange: the body read gets what the request left of it.
+                    body = await read_bounded(
+                        response.content,
+                        limit=MAX_RESPONSE_BYTES,
+                        timeout=self._timeout_seconds,
+                        declared=response.content_length,
+                    )
+                except BodyTooLarge:
+                    raise IdPUnavailable("the IdP's answer is too large", status=response.status) from None
                 return _HttpAnswer(
                     status=response.status,
-                    body=b"".join(chunks),
+                    body=body,
                     retry_after=_parse_retry_after(response.headers.get("Retry-After")),
                 )
         except TimeoutError as exc:

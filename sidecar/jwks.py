@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import jwt
 
+from sidecar.bounded import BodyTooLarge, read_bounded
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.problems import KEYS_RETRY_AFTER_SECONDS
 
@@ -72,11 +73,16 @@ class JwksVerifier:
                 async with self._session.get(self._url, timeout=timeout, allow_redirects=False) as resp:
                     if resp.status != 200:
                         raise ValueError(f"HTTP {resp.status}")
-                    body = await resp.content.read(JWKS_MAX_BYTES + 1)
-                    if len(body) > JWKS_MAX_BYTES:
-                        raise ValueError("document too large")
+                    body = await read_bounded(
+                        resp.content,
+                        limit=JWKS_MAX_BYTES,
+                        timeout=JWKS_FETCH_TIMEOUT_SECONDS,
+                        declared=resp.content_length,
+                    )
                 keyset = jwt.PyJWKSet.from_json(body.decode("utf-8"))
-            except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError, jwt.PyJWTError) as exc:
+            except (
+                aiohttp.ClientError, TimeoutError, BodyTooLarge, ValueError, UnicodeDecodeError, jwt.PyJWTError
+            ) as exc:
                 log.warning("cannot fetch JWKS", extra={"jwks_url": self._url, "error": type(exc).__name__})
                 return
             self._keys = {k.key_id or f"#{i}": k for i, k in enumerate(keyset.keys)}

@@ -15,27 +15,32 @@ Checks, in order, and how each failure is answered:
    transformation is ``invalid_request``; the MCP spec: clients MUST use S256 and servers MUST support it).
 7. ``scope`` optional (RFC 6749 §3.3: defaults apply), each one supported (``invalid_scope``).
 8. ``resource`` optional, ours when given (RFC 8707 §2: ``invalid_target``).
-9. Consent: remembered for this browser and client (and ``prompt`` is not ``consent``): straight to the
-   upstream redirect; otherwise the consent page (200), never a redirect upstream.
+9. Consent: remembered for this browser, client, redirect URI (port-free on loopback) and at least these
+   scopes (and ``prompt`` is not ``consent``): straight to the upstream redirect; otherwise the consent page
+   (200), never a redirect upstream.
+
+Before all that, a request that reached us under another host than the issuer's is redirected (302) to the
+same request on the issuer's host, so the consent cookie and the consent POST live on one host.
 """
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from sidecar.oauth.clients import redirect_uri_matches
-from sidecar.oauth.common import client_address, parse_scope, resource_allowed, valid_code_challenge
+from sidecar.oauth.common import check_rate, parse_scope, resource_allowed, valid_code_challenge
 from sidecar.oauth.consent import cookie_name, remembered, show_page
 from sidecar.oauth.context import UnknownClient, oauth, resolve_client
 from sidecar.oauth.errors import (
+    NO_STORE,
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
     OAuthError,
     Problem,
-    RateLimited,
     UnauthorizedClient,
     UnsupportedResponseType,
 )
@@ -54,12 +59,31 @@ class _ClientPageError(OAuthError):
     status = 400
 
 
+# Added to the one redirect to the issuer's host: if the request still arrives under another Host (a proxy
+# that rewrites Host), it is served as it is instead of redirected again, so there is never a loop.
+HOST_REDIRECT_MARKER = "mcpsc_host_redirect"
+
+
+def _other_host(request: web.Request, issuer: str) -> bool:
+    """True when the browser reached us under another host than the issuer's: the consent cookie would be
+    set on that host and the form posted to the issuer's, so the person would read "another browser"."""
+    expected = (urlsplit(issuer).netloc or "").lower()
+    return (request.host or "").lower() != expected
+
+
 async def handle(request: web.Request) -> web.Response:
     st = oauth(request)
+    if _other_host(request, st.endpoints.issuer):
+        if HOST_REDIRECT_MARKER not in request.query:
+            _, question, raw_query = request.raw_path.partition("?")
+            target = st.endpoints.authorize + question + raw_query + ("&" if raw_query else "?")
+            return web.Response(status=302, headers={**NO_STORE, "Location": target + HOST_REDIRECT_MARKER + "=1"})
+        log.warning(
+            "/oauth/authorize still reached under another Host than public_url's after redirecting there: "
+            "a proxy in front rewrites Host; pass it through unchanged"
+        )
     try:
-        wait = st.limits["authorize"].check(client_address(request))
-        if wait:
-            raise RateLimited(wait)
+        check_rate(request, st.limits["authorize"])
         query = request.query
         for name in set(query.keys()):
             if len(query.getall(name)) > 1:
@@ -98,7 +122,7 @@ async def handle(request: web.Request) -> web.Response:
     cookie = request.cookies.get(cookie_name(client.client_id))
     prompts = set((query.get("prompt") or "").split())
     try:
-        if "consent" not in prompts and await remembered(request, client.client_id, req.scopes, cookie):
+        if "consent" not in prompts and await remembered(request, client.client_id, redirect_uri, req.scopes, cookie):
             assert cookie is not None
             return await redirect_upstream(request, req, cookie)
         return await show_page(request, client, req, cookie)

@@ -25,8 +25,8 @@ from aiohttp import web
 
 from sidecar.audit import record
 from sidecar.idp import IdPClient, IdPRejected, IdPUnavailable, IdTokenInvalid, sanitize_description
-from sidecar.oauth.common import SECRET_BYTES
-from sidecar.oauth.consent import CONSENT_TTL_SECONDS, cookie_name
+from sidecar.oauth.common import SECRET_BYTES, check_rate
+from sidecar.oauth.consent import CONSENT_TTL_SECONDS, consent_target, cookie_name
 from sidecar.oauth.context import idp_of, metrics_of, oauth, store_down, store_of
 from sidecar.oauth.errors import (
     AccessDenied,
@@ -62,6 +62,7 @@ async def handle(request: web.Request) -> web.Response:
     issuer = st.endpoints.issuer
     query = request.query
     try:
+        check_rate(request, st.limits["callback"])
         state = query.get("state")
         if not state:
             raise InvalidRequest("the identity provider's answer has no state")
@@ -141,7 +142,9 @@ async def handle(request: web.Request) -> web.Response:
         return error_page(request, _save_failed(request, "put_code", exc))
     try:
         # "the decision stored per user and client": the user is known only now.
-        await store.put_consent(subject, req.client_id, req.scopes, ttl=CONSENT_TTL_SECONDS)
+        await store.put_consent(
+            subject, consent_target(req.client_id, req.redirect_uri), req.scopes, ttl=CONSENT_TTL_SECONDS
+        )
     except StoreUnavailable:
         metrics_of(request).store_errors.labels("put_consent").inc()  # a convenience record: not fatal
     if upstream.refresh_token is None:

@@ -13,11 +13,13 @@ it in place of a registration.
   not be a ``client_secret_*`` method. We accept ``none`` (public clients, PKCE).
 * Fetching (draft §5): only a ``200`` answer counts; redirects are not followed (a redirect could move the
   fetch to an address the checks below never saw).
-* Caching (draft §5.2): successes only, for the document's ``max-age`` bounded to
-  ``CIMD_MAX_CACHE_SECONDS`` (``CIMD_DEFAULT_CACHE_SECONDS`` without one); failures are never cached, so a
-  fixed document is picked up at once.
+* Caching (draft §5.2): successes for the document's ``max-age`` bounded to ``CIMD_MAX_CACHE_SECONDS``
+  (``CIMD_DEFAULT_CACHE_SECONDS`` without one); failures for ``CIMD_FAILURE_CACHE_SECONDS``, so made-up
+  client ids cannot turn the sidecar into a reflector. At most ``CIMD_MAX_FETCHES_PER_HOST`` fetches run
+  against one host at once.
 * SSRF (draft §8.6): the host must not resolve to a private, loopback, link-local, multicast or otherwise
-  non-global address unless ``cimd_allow_private_addresses`` is set. The check runs inside the connector's
+  non-global address unless ``cimd_allow_private_addresses`` is set; IPv6 addresses that carry an IPv4
+  address (IPv4-mapped, NAT64, 6to4, Teredo) are judged by that address too. The check runs inside the connector's
   resolver, on the very addresses the connection then uses, so DNS rebinding between check and connect is
   impossible.
 * Size (draft §8.7): at most ``CIMD_MAX_BYTES`` (5 KB) are read; a larger document is refused.
@@ -42,7 +44,8 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
-from sidecar.oauth.clients import Client, redirect_uri_problem
+from sidecar.bounded import BodyTooLarge, read_bounded
+from sidecar.oauth.clients import Client, clean_name, parse_plain_uri, redirect_uri_problem
 
 log = logging.getLogger("sidecar.oauth.cimd")
 
@@ -55,6 +58,16 @@ CIMD_DEFAULT_CACHE_SECONDS: Final = 300.0
 # However long the document asks to be cached, it is refetched after a day (its owner may have changed it).
 CIMD_MAX_CACHE_SECONDS: Final = 86_400.0
 CIMD_CACHE_ENTRIES: Final = 1_000
+# A failed fetch is remembered this long: a client id that does not resolve (or a flood of made-up ones on
+# /revoke or /token) costs one outbound request per half minute, and a fixed document still shows up soon.
+CIMD_FAILURE_CACHE_SECONDS: Final = 30.0
+# At most this many fetches run at once against one host; more wait (within the fetch timeout) for a slot,
+# so the sidecar cannot be used to hammer one site with parallel requests.
+CIMD_MAX_FETCHES_PER_HOST: Final = 2
+# NAT64 prefixes (RFC 6052 well-known prefix; RFC 8215 local-use) whose last 32 bits are an IPv4 address.
+_NAT64_PREFIXES: Final = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# IPv4-compatible IPv6 (RFC 4291 §2.5.5.1, deprecated): ::a.b.c.d.
+_IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
 MAX_CLIENT_ID_LENGTH: Final = 2_000
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 
@@ -67,6 +80,10 @@ class CimdError(Exception):
         self.reason = reason
 
 
+class CimdBusy(CimdError):
+    """Too many fetches to the document's host at once: transient, so not remembered as a failure."""
+
+
 def looks_like_metadata_url(client_id: str) -> bool:
     """Client ids that name a metadata document (everything else is a registration id)."""
     return client_id.startswith("https://")
@@ -76,6 +93,13 @@ def client_id_url_problem(client_id: str) -> str | None:
     """Why ``client_id`` is not a valid client identifier URL (draft §3), or ``None``."""
     if len(client_id) > MAX_CLIENT_ID_LENGTH:
         return "the client id URL is too long"
+    # Read the way browsers and the fetcher read it: no backslash, whitespace, userinfo, non-ASCII (hosts in
+    # punycode) or percent-encoded authority (the same plain form as redirect URIs).
+    plain = parse_plain_uri(client_id)
+    if isinstance(plain, str):
+        return "the client id URL is not a plain https URL: " + plain.replace("redirect URIs", "URLs").replace(
+            "redirect URI", "URL"
+        )
     try:
         parts = urlsplit(client_id)
         _ = parts.port
@@ -96,19 +120,39 @@ def client_id_url_problem(client_id: str) -> str | None:
     return None
 
 
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries to a v4 host: IPv4-mapped, IPv4-compatible, NAT64
+    (RFC 6052), 6to4 (RFC 3056) and Teredo (RFC 4380: server and client)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if any(ip in net for net in _NAT64_PREFIXES) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def address_allowed(address: str, allow_private: bool) -> bool:
-    """Only globally routable unicast addresses, unless private ones are allowed (tests, development)."""
+    """Only globally routable unicast addresses, unless private ones are allowed (tests, development).
+    IPv6 addresses that embed an IPv4 address are judged by that address too."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_multicast or ip.is_unspecified:
-        return False
-    if allow_private:
-        return True
-    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local)
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        candidates += embedded_ipv4(ip)
+    for candidate in candidates:
+        if candidate.is_multicast or candidate.is_unspecified:
+            return False
+        if not allow_private and not (
+            candidate.is_global and not (candidate.is_private or candidate.is_loopback or candidate.is_link_local)
+        ):
+            return False
+    return True
 
 
 class GuardedResolver(AbstractResolver):
@@ -181,7 +225,7 @@ def client_from_document(client_id: str, doc: Any) -> Client:
         token_endpoint_auth_method="none",
         grant_types=tuple(g for g in grant_types if g in ("authorization_code", "refresh_token")),
         application_type=application_type,
-        client_name=name[:200] if isinstance(name, str) and name else None,
+        client_name=clean_name(name, 200),
         client_uri=client_uri if isinstance(client_uri, str) else None,
     )
 
@@ -205,7 +249,9 @@ class CimdFetcher:
         self._monotonic = monotonic
         self._session: aiohttp.ClientSession | None = None
         self._cache: OrderedDict[str, tuple[Client, float]] = OrderedDict()
+        self._failures: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._inflight: dict[str, asyncio.Future[Client]] = {}
+        self._per_host: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -230,6 +276,7 @@ class CimdFetcher:
 
     def forget(self, client_id: str) -> None:
         self._cache.pop(client_id, None)
+        self._failures.pop(client_id, None)
 
     async def get(self, client_id: str) -> Client:
         """The client described by the document at ``client_id``. Raises :class:`CimdError`."""
@@ -241,12 +288,49 @@ class CimdFetcher:
             if self._monotonic() < cached[1]:
                 return cached[0]
             self._cache.pop(client_id, None)
+        failed = self._failures.get(client_id)
+        if failed is not None:
+            if self._monotonic() < failed[1]:
+                raise CimdError(failed[0])
+            self._failures.pop(client_id, None)
         flight = self._inflight.get(client_id)
         if flight is None:
-            flight = asyncio.ensure_future(self._fetch(client_id))
+            flight = asyncio.ensure_future(self._fetch_remembering_failure(client_id))
             self._inflight[client_id] = flight
             flight.add_done_callback(lambda _f: self._inflight.pop(client_id, None))
         return await asyncio.shield(flight)
+
+    async def _fetch_remembering_failure(self, client_id: str) -> Client:
+        try:
+            return await self._fetch_one_per_host(client_id)
+        except CimdBusy:
+            raise
+        except CimdError as exc:
+            self._failures[client_id] = (exc.reason, self._monotonic() + CIMD_FAILURE_CACHE_SECONDS)
+            while len(self._failures) > CIMD_CACHE_ENTRIES:
+                self._failures.popitem(last=False)
+            raise
+
+    async def _fetch_one_per_host(self, client_id: str) -> Client:
+        host = (urlsplit(client_id).hostname or "").lower()
+        semaphore, users = self._per_host.get(host) or (asyncio.Semaphore(CIMD_MAX_FETCHES_PER_HOST), 0)
+        self._per_host[host] = (semaphore, users + 1)
+        try:
+            try:
+                async with asyncio.timeout(CIMD_FETCH_TIMEOUT_SECONDS):
+                    await semaphore.acquire()
+            except TimeoutError:
+                raise CimdBusy("too many client metadata fetches to this host at once; try again") from None
+            try:
+                return await self._fetch(client_id)
+            finally:
+                semaphore.release()
+        finally:
+            semaphore, users = self._per_host[host]
+            if users <= 1:
+                del self._per_host[host]
+            else:
+                self._per_host[host] = (semaphore, users - 1)
 
     async def _fetch(self, client_id: str) -> Client:
         host = urlsplit(client_id).hostname or ""
@@ -262,9 +346,15 @@ class CimdFetcher:
             ) as response:
                 if response.status != 200:
                     raise CimdError(f"fetching the client metadata document answered HTTP {response.status}")
-                body = await response.content.read(CIMD_MAX_BYTES + 1)
-                if len(body) > CIMD_MAX_BYTES:
-                    raise CimdError(f"the client metadata document is larger than {CIMD_MAX_BYTES} bytes")
+                try:
+                    body = await read_bounded(
+                        response.content,
+                        limit=CIMD_MAX_BYTES,
+                        timeout=CIMD_FETCH_TIMEOUT_SECONDS,
+                        declared=response.content_length,
+                    )
+                except BodyTooLarge:
+                    raise CimdError(f"the client metadata document is larger than {CIMD_MAX_BYTES} bytes") from None
                 ttl = _document_ttl(response.headers.get("Cache-Control"))
         except CimdError:
             raise

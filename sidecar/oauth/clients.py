@@ -21,11 +21,14 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import unquote_plus, urlsplit
 
+import yarl
 from aiohttp import web
 
 from sidecar.oauth.errors import InvalidClient, InvalidRequest
@@ -36,6 +39,7 @@ AUTH_METHODS: Final[tuple[AuthMethod, ...]] = ("none", "client_secret_basic", "c
 GRANT_TYPES: Final = ("authorization_code", "refresh_token")
 # Loopback hosts that may use plain http (RFC 8252 §8.3); only the IP literals may vary their port (§7.3).
 LOOPBACK_NAMES: Final = frozenset({"localhost"})
+LOOPBACK_IPS: Final = frozenset({"127.0.0.1", "[::1]"})
 MAX_REDIRECT_URI_LENGTH: Final = 2000
 CLIENT_FORMAT_VERSION: Final = 1
 
@@ -65,10 +69,10 @@ class Client:
         return self.token_endpoint_auth_method != "none"
 
     def display_name(self) -> str:
-        """What the consent page calls the client: the document's host for CIMD (the only verified fact),
-        else the self-asserted registered name."""
+        """What the consent page calls the client: the document's host for CIMD (the only verified fact, in
+        ASCII: punycode, never a look-alike Unicode spelling), else the self-asserted registered name."""
         if self.kind == "metadata_document":
-            return urlsplit(self.client_id).hostname or self.client_id
+            return host_forms(self.client_id)[0]
         return self.client_name or "an unnamed client"
 
     def to_record(self) -> dict[str, Any]:
@@ -104,6 +108,45 @@ class Client:
         )
 
 
+# Unicode general categories never shown in a name: controls, format characters (bidi overrides and
+# isolates, zero-width joiners, soft hyphens...), surrogates, private use, unassigned, line/paragraph
+# separators. A bidi override can make "moc.elgoog" read as "google.com" on the consent page.
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+
+def clean_name(value: object, limit: int) -> str | None:
+    """A self-asserted name fit for display: invisible and direction-changing characters removed, at most
+    ``limit`` characters, ``None`` when nothing is left."""
+    if not isinstance(value, str):
+        return None
+    kept = "".join(ch for ch in value if unicodedata.category(ch) not in _HIDDEN_CATEGORIES)
+    return kept.strip()[:limit] or None
+
+
+def host_forms(url: str) -> tuple[str, str | None]:
+    """The URL's host as shown to a person: its ASCII form (IDNA punycode, what the browser and DNS use), and
+    the Unicode form only when it differs (``None`` otherwise). A host that cannot be converted is shown with
+    its non-ASCII characters escaped."""
+    try:
+        parsed = yarl.URL(url)
+        ascii_host = parsed.raw_host or ""
+        unicode_host = parsed.host or ""
+    except (ValueError, UnicodeError):
+        host = urlsplit(url).hostname or url
+        return host.encode("ascii", "backslashreplace").decode("ascii"), None
+    if not ascii_host.isascii():
+        return ascii_host.encode("ascii", "backslashreplace").decode("ascii"), None
+    return ascii_host, (unicode_host if unicode_host != ascii_host else None)
+
+
+def ascii_url(url: str) -> str:
+    """``url`` with its host in punycode, for display (never a Unicode look-alike)."""
+    try:
+        return str(yarl.URL(url))
+    except (ValueError, UnicodeError):
+        return url.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -113,78 +156,182 @@ def hash_secret(secret: str) -> str:
 
 
 # --- redirect URIs ----------------------------------------------------------------------------------------
+#
+# Browsers parse redirects with the WHATWG URL Standard, which differs from RFC 3986 readers such as urlsplit:
+# it treats "\" as "/" in http(s) URLs, strips tab/CR/LF, lowercases the scheme, resolves "." and ".." (and
+# their percent-encoded forms) in paths, and reads hosts like "127.1" or "0x7f.0.0.1" as IPv4 addresses. A URI
+# that two readers see differently is how a redirect goes to a host nobody registered. So a redirect URI is
+# accepted only in a plain form on which every reader agrees: lowercase scheme; for http(s), an authority
+# that is just a lowercase ASCII host name, a canonical dotted IPv4 address or a canonical bracketed IPv6
+# address, plus an optional port; a path and query made of RFC 3986 characters only (no backslash, no
+# whitespace or control characters, no non-ASCII, no userinfo, no fragment, no dot segments). The test suite
+# checks this against a WHATWG parser (ada-url): for every accepted URI, the browser's host and path are the
+# plain ones.
+
+_SCHEME = re.compile(r"[a-z][a-z0-9+.\-]*")
+# RFC 3986 pchar (unreserved, sub-delims, ":" "@") plus "/", and "%XX"; "?" starts the query.
+_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
+# The query: the same characters plus "?", minus "'" (WHATWG percent-encodes it in special-scheme queries).
+_QUERY = re.compile(r"(?:[A-Za-z0-9\-._~!$&()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?")
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)")
+_DOT_SEGMENT = re.compile(r"(?:\.|%2e){1,2}", re.IGNORECASE)
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+# The authority of a loopback IP literal redirect URI, whose port alone may vary (RFC 8252 §7.3).
+_LOOPBACK_AUTHORITY = re.compile(r"http://(127\.0\.0\.1|\[::1\])(?::[0-9]{1,5})?(?=[/?]|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class PlainUri:
+    """A redirect URI in the plain form every reader agrees on (see :func:`parse_plain_uri`)."""
+
+    scheme: str
+    host: str  # "" for a private-use URI without authority
+    port: int | None
+    path: str
+    query: str | None
+
+
+def _host_problem(host: str) -> str | None:
+    if host.startswith("["):
+        inner = host[1:-1] if host.endswith("]") else ""
+        try:
+            ip = ipaddress.IPv6Address(inner)
+        except ValueError:
+            return "redirect URI has an invalid IPv6 address"
+        # WHATWG serializes IPv6 in RFC 5952 form; anything else reads differently.
+        return None if str(ip) == inner else "write the IPv6 address in its short lowercase form (RFC 5952)"
+    if _IPV4.fullmatch(host):
+        return None
+    labels = host.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        return "redirect URI hosts must be lowercase ASCII names (use punycode for international names)"
+    # WHATWG reads a host whose last label is a number as an IPv4 address ("127.1", "0x7f.0.0.1").
+    if _NUMERIC_LABEL.fullmatch(labels[-1]):
+        return "redirect URI hosts must be written as a plain dotted IPv4 address or a name"
+    for label in labels:
+        if label.startswith("xn--"):
+            try:
+                decoded = label[4:].encode("ascii").decode("punycode")
+            except UnicodeError:
+                return "redirect URI host has an invalid punycode label"
+            if not decoded or decoded.isascii():
+                return "redirect URI host has an invalid punycode label"
+    return None
+
+
+def parse_plain_uri(uri: str) -> PlainUri | str:
+    """The URI's parts, or why it is not in the plain form (a message safe to show)."""
+    if len(uri) > MAX_REDIRECT_URI_LENGTH:
+        return "redirect URI too long"
+    if not uri.isascii():
+        return "redirect URIs must be ASCII (percent-encode other characters, punycode for hosts)"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
+        return "redirect URIs must not contain spaces or control characters"
+    if "\\" in uri:
+        return "redirect URIs must not contain backslashes"
+    if "#" in uri:
+        # RFC 6749 §3.1.2: "The endpoint URI MUST NOT include a fragment component."
+        return "redirect URIs must not contain a fragment"
+    scheme, colon, rest = uri.partition(":")
+    if not colon or not scheme:
+        return "redirect URIs must be absolute"
+    if not _SCHEME.fullmatch(scheme):
+        return "redirect URI schemes must be lowercase"
+    host, port = "", None
+    if rest.startswith("//"):
+        rest = rest[2:]
+        end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+        authority, rest = rest[:end], rest[end:]
+        if "@" in authority:
+            return "redirect URIs must not contain user information"
+        if "%" in authority:
+            return "redirect URI hosts must not be percent-encoded"
+        host = authority
+        if not authority.endswith("]") and ":" in authority:
+            host, _, port_text = authority.rpartition(":")
+            if not port_text.isdigit() or (len(port_text) > 1 and port_text[0] == "0") or int(port_text) > 65535:
+                return "redirect URI has an invalid port"
+            port = int(port_text)
+            if port == _DEFAULT_PORTS.get(scheme):
+                return "leave out the scheme's default port in redirect URIs"
+        if not host:
+            return "redirect URIs need a host"
+        problem = _host_problem(host)
+        if problem is not None:
+            return problem
+    elif scheme in _DEFAULT_PORTS:
+        return "http(s) redirect URIs must be written scheme://host/path"
+    path, question, query = rest.partition("?")
+    if not _PATH.fullmatch(path) or (question and not _QUERY.fullmatch(query)):
+        return "redirect URIs may only contain URI characters (percent-encode the others)"
+    if host and path and not path.startswith("/"):
+        return "redirect URI is not a valid URI"
+    if any(_DOT_SEGMENT.fullmatch(segment) for segment in path.split("/")):
+        return "redirect URIs must not contain . or .. path segments"
+    if not host and (path.startswith("//") or not path):
+        return "redirect URI is not a valid URI"
+    return PlainUri(scheme, host, port, path, query if question else None)
 
 
 def _loopback_ip(host: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
 def redirect_uri_problem(uri: object, application_type: str) -> str | None:
-    """Why ``uri`` cannot be registered, or ``None`` when it can."""
+    """Why ``uri`` cannot be registered or requested, or ``None`` when it can."""
     if not isinstance(uri, str) or not uri:
         return "each redirect URI must be a non-empty string"
-    if len(uri) > MAX_REDIRECT_URI_LENGTH:
-        return "redirect URI too long"
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in uri):
-        return "redirect URIs must not contain spaces or control characters"
-    try:
-        parts = urlsplit(uri)
-        _ = parts.port
-    except ValueError:
-        return "redirect URI is not a valid URI"
-    # RFC 6749 §3.1.2: "The endpoint URI MUST NOT include a fragment component."
-    if "#" in uri:
-        return "redirect URIs must not contain a fragment"
-    scheme = parts.scheme.lower()
-    if not scheme:
-        return "redirect URIs must be absolute"
-    if parts.username is not None or parts.password is not None:
-        return "redirect URIs must not contain user information"
-    if scheme == "https":
-        return None if parts.hostname else "https redirect URIs need a host"
-    if scheme == "http":
-        host = (parts.hostname or "").lower()
+    parts = parse_plain_uri(uri)
+    if isinstance(parts, str):
+        return parts
+    if parts.scheme == "https":
+        return None
+    if parts.scheme == "http":
         # RFC 8252 §8.3 / RFC 9700 §4.1.1: plain http only back to the user's own machine.
-        if host in LOOPBACK_NAMES or _loopback_ip(host):
+        if parts.host in LOOPBACK_NAMES or parts.host in LOOPBACK_IPS:
             return None
         return "http redirect URIs are allowed on loopback only (127.0.0.1, [::1], localhost); use https"
     if application_type != "native":
         return "web clients must use https (or http on loopback) redirect URIs"
     # RFC 8252 §7.1: "a URI scheme based on a domain name under their control, expressed in reverse order".
-    if "." not in scheme or scheme in ("javascript", "data", "file", "vbscript", "blob"):
+    if "." not in parts.scheme or parts.scheme in ("javascript", "data", "file", "vbscript", "blob"):
         return "private-use redirect URI schemes must be in reverse-domain form (com.example.app:/cb)"
     return None
 
 
+def _without_loopback_port(uri: str) -> str | None:
+    """``uri`` with the port of its loopback IP literal removed, or ``None`` if it is not such a URI."""
+    match = _LOOPBACK_AUTHORITY.match(uri)
+    if match is None:
+        return None
+    return f"http://{match.group(1)}{uri[match.end():]}"
+
+
+def loopback_key(uri: str) -> str:
+    """What identifies a redirect URI for remembered consent: the URI, port-free for loopback IP literals."""
+    return _without_loopback_port(uri) or uri
+
+
 def redirect_uri_matches(registered: Sequence[str], requested: str) -> bool:
-    """Exact match, except that a loopback IP literal may change its port (RFC 8252 §7.3)."""
+    """Exact string match, except that a loopback IP literal may change its port (RFC 8252 §7.3): then the two
+    are compared as strings with only the port removed. The requested URI must itself be in the plain form."""
+    if isinstance(parse_plain_uri(requested), str):
+        return False
     for candidate in registered:
         if hmac.compare_digest(candidate.encode(), requested.encode()):
             return True
-    try:
-        req = urlsplit(requested)
-        req_host = req.hostname or ""
-        _ = req.port
-    except ValueError:
-        return False
-    if req.scheme != "http" or not _loopback_ip(req_host) or "#" in requested:
+    bare = _without_loopback_port(requested)
+    if bare is None:
         return False
     for candidate in registered:
-        try:
-            reg = urlsplit(candidate)
-            _ = reg.port
-        except ValueError:
-            continue
-        if (
-            reg.scheme == "http"
-            and (reg.hostname or "") == req_host
-            and reg.path == req.path
-            and reg.query == req.query
-            and _loopback_ip(reg.hostname or "")
-        ):
+        other = _without_loopback_port(candidate)
+        if other is not None and hmac.compare_digest(other.encode(), bare.encode()):
             return True
     return False
 

@@ -26,8 +26,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
+from sidecar.bounded import BodyTooLarge, read_bounded
 from sidecar.config import Settings
 from sidecar.keys import SETTINGS
+from sidecar.oauth.errors import RateLimited, RequestTimeout
+from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.policy import policy_scopes
 from sidecar.providers import OFFLINE_ACCESS_SCOPE
 
@@ -156,17 +159,15 @@ def with_params(uri: str, params: Mapping[str, str | None]) -> str:
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
     """The request body, or ``None`` when it is larger than ``limit`` bytes (chunked bodies included: the
-    app itself sets no body limit, because the proxied path streams bodies of any size)."""
-    if request.content_length is not None and request.content_length > limit:
+    app itself sets no body limit, because the proxied path streams bodies of any size). A body that takes
+    longer than ``request_body_timeout_seconds`` to arrive is :class:`RequestTimeout` (408)."""
+    seconds = request.app[SETTINGS].request_body_timeout_seconds
+    try:
+        return await read_bounded(request.content, limit=limit, timeout=seconds, declared=request.content_length)
+    except BodyTooLarge:
         return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(8192):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    except TimeoutError:
+        raise RequestTimeout(seconds) from None
 
 
 def parse_form(body: bytes) -> dict[str, list[str]]:
@@ -175,6 +176,27 @@ def parse_form(body: bytes) -> dict[str, list[str]]:
     for key, value in parse_qsl(body.decode("utf-8", "strict"), keep_blank_values=True):
         out.setdefault(key, []).append(value)
     return out
+
+
+def rate_key(address: str) -> str:
+    """What a rate limit counts: an IPv4 address (IPv4-mapped IPv6 unwrapped), or the /64 of an IPv6 one
+    (RFC 6177 / RFC 7421: a /64 is what one subscriber, hence one attacker, gets at the least)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
+def check_rate(request: web.Request, limiter: RateLimiter) -> None:
+    """Raise :class:`RateLimited` (429) when this client address is over ``limiter``'s budget."""
+    wait = limiter.check(rate_key(client_address(request)))
+    if wait:
+        raise RateLimited(wait)
 
 
 def client_address(request: web.Request) -> str:

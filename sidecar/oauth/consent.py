@@ -7,12 +7,15 @@ dynamically registered client before forwarding to third-party authorization ser
   (``frame-ancestors 'none'``) and a page without a decision never redirects upstream.
 * The browser is identified by a ``__Host-`` cookie per client (name derived from the client id; ``Secure``,
   ``HttpOnly``, ``SameSite=Lax``, ``Path=/``: RFC 6265bis §4.1.3.2 prefix rules), holding 256 random bits.
-  The decision is stored server-side per (browser, client) and, after login, per (user, client).
+  The decision is stored server-side per browser and, after login, per user (see below).
   DESIGN §13: the cookie is ``Secure`` even on http loopback (browsers accept that there).
 * CSRF: the form carries a single-use consent id and a CSRF token; the store keeps only the token's hash
   and the hash of the browser's cookie, and the POST must present both (compared with
   :func:`hmac.compare_digest`). A forged or missing token is 403 (DESIGN §13); a cross-origin ``Origin``
-  is 403 too. ``SameSite=Lax`` keeps the cookie off cross-site POSTs as a second layer.
+  is 403 too, and so is ``Origin: null`` (the page sends ``Referrer-Policy: same-origin``, so the genuine
+  POST carries our origin). ``SameSite=Lax`` keeps the cookie off cross-site POSTs as a second layer.
+* A remembered decision is keyed by browser (or user), client and redirect URI (port-free for loopback IP
+  literals), and covers the scopes it was given for.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from sidecar.audit import record as audit_record
-from sidecar.oauth.clients import Client
-from sidecar.oauth.common import SECRET_BYTES, parse_form, read_limited, secure_equal
+from sidecar.oauth.clients import Client, ascii_url, host_forms, loopback_key
+from sidecar.oauth.common import SECRET_BYTES, check_rate, parse_form, read_limited, secure_equal
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import AccessDenied, InvalidRequest, Problem
 from sidecar.oauth.outcomes import count
@@ -91,14 +94,25 @@ def set_consent_cookie(response: web.StreamResponse, client_id: str, value: str)
     )
 
 
-async def remembered(request: web.Request, client_id: str, scopes: tuple[str, ...], cookie: str | None) -> bool:
-    """True when this browser already allowed ``client_id`` at least these scopes."""
+def consent_target(client_id: str, redirect_uri: str) -> str:
+    """What a remembered decision is about: the client *and* where its codes go (the redirect URI, port-free
+    for loopback IP literals, whose port changes on every login: RFC 8252 §7.3). The store keys consent on a
+    hash of the subject and this string; the scopes are stored in the record and must cover the request."""
+    return client_id + "\n" + loopback_key(redirect_uri)
+
+
+async def remembered(
+    request: web.Request, client_id: str, redirect_uri: str, scopes: tuple[str, ...], cookie: str | None
+) -> bool:
+    """True when this browser already allowed ``client_id`` at least these scopes, for this redirect URI."""
     if cookie is None:
         return False
     try:
-        allowed = await store_of(request).get_consent(browser_subject(cookie), client_id)
+        allowed = await store_of(request).get_consent(browser_subject(cookie), consent_target(client_id, redirect_uri))
     except StoreUnavailable as exc:
         raise store_down(request, "get_consent", exc) from exc
+    except RecordCorrupt:
+        return False  # an edited consent record is not a decision (logged by the store): ask again
     return allowed is not None and set(scopes) <= allowed
 
 
@@ -116,10 +130,14 @@ async def show_page(
         raise store_down(request, "put_pending", exc) from exc
     st = oauth(request)
     if client.kind == "metadata_document":
-        who = f"<strong>{esc(client.display_name())}</strong>"
+        # Hosts in ASCII (punycode): a look-alike Unicode spelling is shown only beside it, marked as such.
+        ascii_host, unicode_host = host_forms(client.client_id)
+        who = f"<strong>{esc(ascii_host)}</strong>"
+        if unicode_host is not None:
+            who += f" (written in Unicode as &ldquo;{esc(unicode_host)}&rdquo;)"
         if client.client_name:
             who += f" (calls itself &ldquo;{esc(client.client_name)}&rdquo;)"
-        verified = "Its identity is the web address <span class=uri>" + esc(client.client_id) + "</span>."
+        verified = "Its identity is the web address <span class=uri>" + esc(ascii_url(client.client_id)) + "</span>."
     else:
         who = f"<strong>{esc(client.display_name())}</strong>"
         verified = "This name was chosen by the application itself and is not verified."
@@ -158,8 +176,11 @@ async def handle_post(request: web.Request) -> web.Response:
     """The consent form's POST: check CSRF and the browser, store the decision, redirect upstream (303)."""
     st = oauth(request)
     try:
+        check_rate(request, st.limits["consent"])
         origin = request.headers.get("Origin")
-        if origin is not None and origin != "null" and not _same_origin(origin, st.endpoints.issuer):
+        # The page is served with Referrer-Policy: same-origin, so a genuine POST carries our origin;
+        # "null" (sandboxed frames, data: URLs, no-referrer pages) is what an attacker's page can send.
+        if origin is not None and not _same_origin(origin, st.endpoints.issuer):
             raise AccessDenied("the consent form was submitted from another site")
         body = await read_limited(request, MAX_CONSENT_FORM_BYTES)
         try:
@@ -199,7 +220,10 @@ async def handle_post(request: web.Request) -> web.Response:
             raise InvalidRequest("the consent decision is missing")
         try:
             await store_of(request).put_consent(
-                browser_subject(cookie), req.client_id, req.scopes, ttl=CONSENT_TTL_SECONDS
+                browser_subject(cookie),
+                consent_target(req.client_id, req.redirect_uri),
+                req.scopes,
+                ttl=CONSENT_TTL_SECONDS,
             )
         except StoreUnavailable as exc:
             raise store_down(request, "put_consent", exc) from exc

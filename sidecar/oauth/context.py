@@ -27,11 +27,13 @@ from sidecar.oauth.common import Endpoints, default_scopes, supported_scopes
 from sidecar.oauth.errors import TemporarilyUnavailable
 from sidecar.oauth.ratelimit import RateLimiter
 from sidecar.problems import STORE_RETRY_AFTER_SECONDS
-from sidecar.store.base import StoreUnavailable, TokenStore
+from sidecar.store.base import RecordCorrupt, StoreUnavailable, TokenStore
 
 if TYPE_CHECKING:
     from sidecar.refresh import CredentialBroker
 
+# Every OAuth endpoint a client or browser can call has its own per-address budget (issue 12).
+RATE_LIMITED_ENDPOINTS = ("register", "authorize", "consent", "callback", "token", "revoke")
 # Retry-After for a 503 caused by the store (DESIGN §4: the caller should try again shortly).
 
 
@@ -54,7 +56,7 @@ class OAuthState:
             supported_scopes=supported_scopes(settings),
             default_scopes=default_scopes(settings),
             cimd=CimdFetcher(allow_private=settings.cimd_allow_private_addresses, ssl_context=cimd_ssl),
-            limits={name: RateLimiter(per_minute) for name in ("register", "authorize", "token")},
+            limits={name: RateLimiter(per_minute) for name in RATE_LIMITED_ENDPOINTS},
         )
 
 
@@ -119,6 +121,9 @@ async def resolve_client(request: web.Request, client_id: str | None) -> Client:
         record = await store_of(request).get_client(client_id)
     except StoreUnavailable as exc:
         raise store_down(request, "get_client", exc) from exc
+    except RecordCorrupt:
+        # Logged by the store; an edited registration is never trusted (issue 12).
+        raise UnknownClient("the client's registration cannot be trusted; register again") from None
     client = Client.from_record(record) if record is not None else None
     if client is None or client.client_id != client_id:
         raise UnknownClient("the client is not registered")

@@ -95,6 +95,16 @@ class ServerError(OAuthError):
 TemporarilyUnavailable = Unavailable
 
 
+class RequestTimeout(OAuthError):
+    """The request body did not arrive within ``request_body_timeout_seconds`` (RFC 9110 §15.5.9: 408)."""
+
+    error = "invalid_request"
+    status = 408
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the request body did not arrive within {seconds:g} seconds", headers={"Connection": "close"})
+
+
 class RateLimited(OAuthError):
     error = "too_many_requests"
     status = 429

@@ -3,7 +3,7 @@
 Every value is HTML-escaped; the pages load nothing, run no script, and may not be framed:
 ``Content-Security-Policy: default-src 'none'; ...; frame-ancestors 'none'`` (CSP Level 2 §7.7, the
 clickjacking defence the MCP security best practices ask consent pages to have) plus ``X-Frame-Options``
-for older browsers. Nothing here is cached or leaks a Referer.
+for older browsers. Nothing here is cached or leaks a Referer to another origin.
 
 Error pages are for requests that must not be redirected back to the client (RFC 6749 §4.1.2.1: "If the
 request fails due to a missing, invalid, or mismatching redirection URI, or if the client identifier is
@@ -27,7 +27,9 @@ PAGE_HEADERS: Final = {
     "base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on the consent POST, which
+    # an attacker's page can send too; same-origin keeps our origin on our own POST and leaks nothing outside.
+    "Referrer-Policy": "same-origin",
 }
 
 _STYLE = (

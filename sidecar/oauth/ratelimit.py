@@ -1,13 +1,14 @@
-"""Per-address rate limits on ``/register``, ``/authorize`` and ``/token``, answered with 429.
+"""Per-address rate limits on every OAuth endpoint (register, authorize, consent, callback, token, revoke), 429.
 
 RFC 6585 §4: "The 429 status code indicates that the user has sent too many requests in a given amount of
 time"; the answer carries ``Retry-After``. RFC 7591 §5 and RFC 6749 §10.10 motivate the limits: open
 registration invites spam, and the token endpoint is where guessing would happen.
 
-A token bucket per (endpoint, peer address): capacity ``rate_limit_per_minute``, refilled continuously at
-that rate per minute, so a client may burst a full minute's allowance and then proceeds at the steady
-rate. ``0`` disables the limit. State is in process (each replica counts for itself: with N replicas the
-effective limit is up to N times the setting, which is acceptable for abuse control); the table is bounded.
+A token bucket per (endpoint, client address; IPv6 by /64, see ``sidecar.oauth.common.rate_key``):
+capacity ``rate_limit_per_minute``, refilled continuously at that rate per minute, so a client may burst a
+full minute's allowance and then proceeds at the steady rate. ``0`` disables the limit. State is in process
+(each replica counts for itself: with N replicas the effective limit is up to N times the setting, which is
+acceptable for abuse control); the table is bounded.
 """
 
 from __future__ import annotations

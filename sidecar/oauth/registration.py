@@ -10,7 +10,9 @@
   ``refresh_token`` when omitted so the refresh grant we advertise is usable, and refuse other grants.
 * §3.2.1: the answer is 201 with the registered metadata, ``client_id`` and ``client_id_issued_at``.
 * §3.2.2: errors are 400 ``invalid_redirect_uri`` or ``invalid_client_metadata``.
-* §5: open registration is rate limited per address (:mod:`sidecar.oauth.ratelimit`) and records expire.
+* §5: open registration is rate limited per address (:mod:`sidecar.oauth.ratelimit`); a registration never
+  used expires after a day, a used one lives as long as its refresh tokens; at most
+  ``max_registered_clients`` are kept (503 ``temporarily_unavailable`` when full).
 """
 
 from __future__ import annotations
@@ -24,15 +26,22 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from sidecar.oauth.clients import AUTH_METHODS, GRANT_TYPES, Client, hash_secret, redirect_uri_problem
-from sidecar.oauth.common import SECRET_BYTES, client_address, read_limited
+from sidecar.oauth.clients import (
+    AUTH_METHODS,
+    GRANT_TYPES,
+    Client,
+    clean_name,
+    hash_secret,
+    redirect_uri_problem,
+)
+from sidecar.oauth.common import SECRET_BYTES, check_rate, read_limited
 from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import (
     NO_STORE,
     InvalidClientMetadata,
     InvalidRedirectUri,
     Problem,
-    RateLimited,
+    TemporarilyUnavailable,
 )
 from sidecar.oauth.outcomes import count
 from sidecar.store.base import StoreUnavailable
@@ -46,6 +55,11 @@ MAX_NAME_LENGTH: Final = 200
 # A registration outlives the refresh tokens it may hold by a day; it is renewed at every token issuance
 # (see sidecar.oauth.token), so an active client never loses it and an abandoned one disappears.
 REGISTRATION_GRACE_SECONDS: Final = 86_400
+# A registration that never obtains a token is gone after a day (issue 12): open registration cannot fill
+# the store with clients nobody uses. The first token issuance renews it to ``registration_ttl``.
+UNUSED_REGISTRATION_TTL_SECONDS: Final = 86_400.0
+# Retry-After for "the registry is full": registrations expire continuously, so a retry may succeed soon.
+REGISTRY_FULL_RETRY_AFTER_SECONDS: Final = 60
 CLIENT_ID_PREFIX: Final = "mcpc_"
 
 
@@ -59,7 +73,7 @@ def _optional_text(meta: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidClientMetadata(f"{key} must be a string")
-    return "".join(ch for ch in value if ch.isprintable())[:MAX_NAME_LENGTH] or None
+    return clean_name(value, MAX_NAME_LENGTH)
 
 
 def validate(meta: Any) -> tuple[Client, dict[str, Any]]:
@@ -123,9 +137,7 @@ def validate(meta: Any) -> tuple[Client, dict[str, Any]]:
 async def handle(request: web.Request) -> web.Response:
     state = oauth(request)
     try:
-        wait = state.limits["register"].check(client_address(request))
-        if wait:
-            raise RateLimited(wait)
+        check_rate(request, state.limits["register"])
         raw = await read_limited(request, MAX_REGISTRATION_BYTES)
         if raw is None:
             raise InvalidClientMetadata("the registration request is too large")
@@ -141,13 +153,21 @@ async def handle(request: web.Request) -> web.Response:
             echo["client_secret"] = secret
             echo["client_secret_expires_at"] = 0  # RFC 7591 §3.2.1: 0 = does not expire
         try:
-            await store_of(request).put_client(
+            stored = await store_of(request).put_client(
                 client.client_id,
                 client.to_record(),
-                ttl=registration_ttl(state.settings.refresh_token_ttl_seconds),
+                ttl=UNUSED_REGISTRATION_TTL_SECONDS,
+                max_clients=state.settings.max_registered_clients,
             )
         except StoreUnavailable as exc:
             raise store_down(request, "put_client", exc) from exc
+        if not stored:
+            log.warning("client registration refused: max_registered_clients reached")
+            raise TemporarilyUnavailable(
+                "this server holds as many client registrations as it allows (max_registered_clients); "
+                "try again later or use a client ID metadata document",
+                retry_after=REGISTRY_FULL_RETRY_AFTER_SECONDS,
+            )
     except Problem as err:
         count(request, "register", err)
         response = err.response()

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from sidecar.audit import record
 from sidecar.keys import BROKER_AUTH, CREDENTIALS
-from sidecar.oauth.common import secure_equal
-from sidecar.oauth.context import store_down, store_of
+from sidecar.oauth.common import check_rate, secure_equal
+from sidecar.oauth.context import oauth, store_down, store_of
 from sidecar.oauth.errors import NO_STORE, InvalidGrant, InvalidRequest, Problem
 from sidecar.oauth.token import authenticated_client, read_form
 from sidecar.store.base import RecordCorrupt, StoreUnavailable, parse_client_token
@@ -31,6 +31,8 @@ log = logging.getLogger("sidecar.oauth.revoke")
 
 async def handle(request: web.Request) -> web.Response:
     try:
+        # Rate limited like /token: each request may cost an outbound client metadata fetch.
+        check_rate(request, oauth(request).limits["revoke"])
         form = await read_form(request)
         client = await authenticated_client(request, form)
         token = form.get("token")

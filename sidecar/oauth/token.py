@@ -42,7 +42,7 @@ from sidecar.audit import record
 from sidecar.challenge import InvalidToken, ServiceUnavailable
 from sidecar.oauth.clients import Client, authenticate, presented_credentials
 from sidecar.oauth.common import (
-    client_address,
+    check_rate,
     parse_form,
     parse_scope,
     pkce_matches,
@@ -67,7 +67,6 @@ from sidecar.oauth.errors import (
     InvalidScope,
     InvalidTarget,
     Problem,
-    RateLimited,
     UnauthorizedClient,
     UnsupportedGrantType,
 )
@@ -146,9 +145,7 @@ async def handle(request: web.Request) -> web.Response:
     grant_type: str | None = None
     form: dict[str, str] | None = None
     try:
-        wait = st.limits["token"].check(client_address(request))
-        if wait:
-            raise RateLimited(wait)
+        check_rate(request, st.limits["token"])
         form = await read_form(request)
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -326,6 +323,9 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     if requested is not None and not set(requested) <= set(grant.scopes):
         # RFC 6749 §6: "The requested scope MUST NOT include any scope not originally granted".
         raise InvalidScope("the requested scope exceeds the original grant")
+    # A narrower scope is real (issue 12): the new access token carries only it, in the answer and in what
+    # the backend gets; the refresh token keeps the grant's scope (RFC 6749 §6: omitted = as granted).
+    narrowed = None if requested is None or set(requested) == set(grant.scopes) else tuple(requested)
     try:
         result = await store.rotate_refresh_token(
             grant.grant_id,
@@ -335,6 +335,7 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
             access_ttl=settings.access_token_ttl_seconds,
             refresh_ttl=settings.refresh_token_ttl_seconds,
             replay_grace=settings.refresh_replay_grace_seconds,
+            scopes=narrowed,
         )
     except StoreUnavailable as exc:
         raise store_down(request, "rotate_refresh_token", exc) from exc
@@ -349,7 +350,7 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     if result.outcome is RotationOutcome.REPLAYED:
         metrics_of(request).oauth_refresh_reuse.labels("replayed").inc()
         log.info("refresh token retried within the replay grace", extra={"grant": grant.grant_id})
-    return _token_body(request, result.tokens, grant.scopes)
+    return _token_body(request, result.tokens, narrowed if narrowed is not None else grant.scopes)
 
 
 # --- client_token: id_token (seed 000) ------------------------------------------------------------------------

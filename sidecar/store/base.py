@@ -9,7 +9,11 @@ Rules every backend keeps:
 * Tokens exist in the store only as SHA-256 hex digests (in key names) or inside AES-256-GCM envelopes
   (:mod:`sidecar.crypto`) whose associated data is the record's own key. Upstream credentials, the
   successor pair kept for a refresh replay, authorization codes' and pending logins' payloads are
-  envelopes; everything else (subject, client id, scopes, claims, expiries) is plain.
+  envelopes. So is every field that grants identity or access (issue 12): a grant's subject, client id and
+  scopes (field ``idn``) and its claims (``claims``), each with its own associated data (record key plus a
+  field suffix, so envelopes cannot be swapped between fields), a client registration (redirect URIs,
+  auth method, secret hash) and a remembered consent's scopes. A record edited in Redis fails to open:
+  :class:`RecordCorrupt`, logged, never trusted. What stays plain are counters and expiries.
 * Every key of one grant carries the Redis Cluster hash tag ``{<grant-id>}``, so each multi-key operation
   is one Lua script on one slot (DESIGN §5).
 * Each record stores its own logical expiry and reads enforce it against the store's clock; Redis TTLs only
@@ -34,6 +38,7 @@ import enum
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -42,10 +47,14 @@ from typing import Any, Final, Literal, Protocol
 
 from sidecar.crypto import DecryptError, KeyRing
 
+log = logging.getLogger("sidecar.store")
+
 # ---------------------------------------------------------------------------------------------------------
 # Constants (formats are versioned; every duration says why it is what it is)
 
-GRANT_FORMAT_VERSION: Final = 1  # the ``v`` field of a grant record
+# The ``v`` field of a grant record. Version 2 (issue 12) keeps subject, client, scopes and claims inside
+# AES-GCM envelopes; version 1 kept them in clear and is refused (its owner re-authorizes).
+GRANT_FORMAT_VERSION: Final = 2
 CREDENTIALS_FORMAT_VERSION: Final = 1  # the ``v`` field inside the encrypted upstream credentials
 PAYLOAD_FORMAT_VERSION: Final = 1  # the ``v`` field inside encrypted code / pending / successor payloads
 
@@ -326,6 +335,10 @@ class KeyLayout:
         # The state travels in URLs; it is hashed here like a token so the key list shows no live value.
         return f"{self.prefix}:pending:{token_hash(state)}"
 
+    def clients(self) -> str:
+        """Sorted set of live registrations (member client id, score = expiry in ms): the global cap."""
+        return f"{self.prefix}:clients"
+
     def consent(self, subject: str, client_id: str) -> str:
         return f"{self.prefix}:consent:{token_hash(subject + chr(0) + client_id)}"
 
@@ -365,6 +378,23 @@ def encrypt_upstream(keyring: KeyRing, record_key: str, upstream: UpstreamCreden
     return keyring.encrypt(upstream.to_json(), record_key=record_key), to_ms(longest) if longest else 0
 
 
+_IDENTITY_FIELD_AAD: Final = "#idn"
+_CLAIMS_FIELD_AAD: Final = "#claims"
+
+
+def seal_claims(keyring: KeyRing, record_key: str, claims: Mapping[str, Any]) -> str:
+    """The grant's ``claims`` field: the ID token claims kept for header injection, as an envelope."""
+    raw = json.dumps(dict(claims), separators=(",", ":")).encode("utf-8")
+    return keyring.encrypt(raw, record_key=record_key + _CLAIMS_FIELD_AAD)
+
+
+def integrity_failure(record_key: str, reason: str) -> RecordCorrupt:
+    """Log (once, here) that a record failed to open or verify, and return the error to raise."""
+    log.warning("a stored record failed its integrity check and is refused", extra={"record": record_key,
+                                                                                    "reason": reason})
+    return RecordCorrupt(f"record {record_key}: {reason}")
+
+
 def new_grant_fields(
     *,
     keyring: KeyRing,
@@ -379,16 +409,17 @@ def new_grant_fields(
 ) -> dict[str, str]:
     """The fields of a new grant record (``exp`` is added by the backend when it sets the deadline)."""
     envelope, up_exp = encrypt_upstream(keyring, record_key, upstream)
+    identity = {"gid": grant_id, "sub": subject, "cid": client_id, "scopes": list(scopes)}
     return {
         "v": str(GRANT_FORMAT_VERSION),
         "gid": grant_id,
-        "sub": subject,
-        "cid": client_id,
-        "scopes": json.dumps(list(scopes)),
+        "idn": keyring.encrypt(
+            json.dumps(identity, separators=(",", ":")).encode("utf-8"), record_key=record_key + _IDENTITY_FIELD_AAD
+        ),
         "gen": "1",
         "created": str(now_ms),
         "updated": str(now_ms),
-        "claims": json.dumps(dict(claims), separators=(",", ":")),
+        "claims": seal_claims(keyring, record_key, claims),
         "up": envelope,
         "up_exp": str(up_exp),
         "cl_exp": "0",
@@ -398,19 +429,26 @@ def new_grant_fields(
 def decode_grant(keyring: KeyRing, record_key: str, fields: Mapping[str, str]) -> Grant:
     """Turn a grant record back into a :class:`Grant`. Raises :class:`RecordCorrupt`."""
     if fields.get("v") != str(GRANT_FORMAT_VERSION):
-        raise RecordCorrupt(f"grant record {record_key} has unsupported format version {fields.get('v')!r}")
+        raise integrity_failure(record_key, f"unsupported grant format version {fields.get('v')!r}")
     try:
         envelope = fields.get("up", "")
         upstream = UpstreamCredentials.from_json(keyring.decrypt(envelope, record_key=record_key)) if envelope else None
-        scopes = json.loads(fields["scopes"])
-        claims = json.loads(fields["claims"])
-        if not isinstance(scopes, list) or not isinstance(claims, dict):
-            raise ValueError("scopes must be a list and claims an object")
+        identity = json.loads(keyring.decrypt(fields["idn"], record_key=record_key + _IDENTITY_FIELD_AAD))
+        claims = json.loads(keyring.decrypt(fields["claims"], record_key=record_key + _CLAIMS_FIELD_AAD))
+        if not isinstance(identity, dict) or not isinstance(claims, dict):
+            raise ValueError("identity and claims must be objects")
+        scopes = identity["scopes"]
+        if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+            raise ValueError("scopes must be a list of strings")
+        if not isinstance(identity["sub"], str) or not isinstance(identity["cid"], str):
+            raise ValueError("subject and client id must be strings")
+        if identity["gid"] != fields["gid"]:
+            raise ValueError("the identity belongs to another grant")
         return Grant(
-            grant_id=fields["gid"],
-            subject=fields["sub"],
-            client_id=fields["cid"],
-            scopes=tuple(str(s) for s in scopes),
+            grant_id=identity["gid"],
+            subject=identity["sub"],
+            client_id=identity["cid"],
+            scopes=tuple(scopes),
             generation=int(fields["gen"]),
             created_at=int(fields["created"]) / 1000,
             updated_at=int(fields["updated"]) / 1000,
@@ -419,9 +457,9 @@ def decode_grant(keyring: KeyRing, record_key: str, fields: Mapping[str, str]) -
             upstream=upstream,
         )
     except DecryptError as exc:
-        raise RecordCorrupt(f"grant record {record_key}: {exc}") from exc
+        raise integrity_failure(record_key, str(exc)) from exc
     except (KeyError, ValueError, TypeError) as exc:
-        raise RecordCorrupt(f"grant record {record_key} is malformed ({type(exc).__name__})") from exc
+        raise integrity_failure(record_key, f"malformed ({type(exc).__name__})") from exc
 
 
 def seal_payload(keyring: KeyRing, record_key: str, payload: Mapping[str, Any]) -> str:
@@ -433,13 +471,25 @@ def open_payload(keyring: KeyRing, record_key: str, envelope: str) -> dict[str, 
     try:
         body = json.loads(keyring.decrypt(envelope, record_key=record_key))
     except DecryptError as exc:
-        raise RecordCorrupt(str(exc)) from exc
+        raise integrity_failure(record_key, str(exc)) from exc
     except ValueError as exc:
         raise RecordCorrupt(f"record {record_key} is not JSON") from exc
     if not isinstance(body, dict) or body.get("v") != PAYLOAD_FORMAT_VERSION or not isinstance(body.get("data"), dict):
         raise RecordCorrupt(f"record {record_key} has an unsupported payload format")
     data: dict[str, Any] = body["data"]
     return data
+
+
+def seal_scopes(keyring: KeyRing, record_key: str, scopes: Sequence[str]) -> str:
+    """A remembered consent: its scopes, sealed to the consent key (an edited record is refused)."""
+    return seal_payload(keyring, record_key, {"scopes": sorted(set(scopes))})
+
+
+def open_scopes(keyring: KeyRing, record_key: str, envelope: str) -> frozenset[str]:
+    scopes = open_payload(keyring, record_key, envelope).get("scopes")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise integrity_failure(record_key, "a consent record without scopes")
+    return frozenset(scopes)
 
 
 def open_successor(keyring: KeyRing, record_key: str, envelope: str) -> TokenPair:
@@ -474,27 +524,38 @@ def make_pair(
     )
 
 
-def access_record(expires_ms: int, grant_id: str) -> str:
-    """The value stored under an access token's hash: ``<expiry-ms>:<grant-id>``."""
-    return f"{expires_ms}:{grant_id}"
+def scope_suffix(scopes: Sequence[str] | None) -> str:
+    """What follows the grant id in a narrowed access token's record: ``:<scope> <scope>...`` (or nothing)."""
+    return "" if scopes is None else ":" + " ".join(scopes)
+
+
+def access_record(expires_ms: int, grant_id: str, scopes: Sequence[str] | None = None) -> str:
+    """The value stored under an access token's hash: ``<expiry-ms>:<grant-id>``, plus ``:<scopes>`` when the
+    token was issued for fewer scopes than its grant (a narrowed refresh, RFC 6749 §6). The suffix can only
+    narrow: readers intersect it with the grant's sealed scopes, so editing it cannot add a scope."""
+    return f"{expires_ms}:{grant_id}{scope_suffix(scopes)}"
 
 
 @dataclass(frozen=True, slots=True)
 class AccessTokenInfo:
-    """A live client access token: its grant and its expiry (epoch seconds), for bounded caching."""
+    """A live client access token: its grant, its expiry (epoch seconds, for bounded caching) and, for a
+    token from a narrowed refresh, the scopes it carries (``None``: all of the grant's)."""
 
     grant_id: str
     expires_at: float
+    scopes: tuple[str, ...] | None = None
 
 
 def check_access_record(value: str, grant_id: str, now_ms: int) -> AccessTokenInfo | None:
     """The token's grant and expiry if the record is live and names ``grant_id`` (compared in constant time)."""
-    exp_text, _, stored_gid = value.partition(":")
+    exp_text, _, rest = value.partition(":")
+    stored_gid, narrowed, scope_text = rest.partition(":")
     if not exp_text.isdigit() or int(exp_text) <= now_ms:
         return None
     if not hmac.compare_digest(stored_gid.encode(), grant_id.encode()):
         return None
-    return AccessTokenInfo(grant_id, int(exp_text) / 1000.0)
+    scopes = tuple(s for s in scope_text.split(" ") if s) if narrowed else None
+    return AccessTokenInfo(grant_id, int(exp_text) / 1000.0, scopes)
 
 
 def check_token_for(grant_id: str, token: str, kind: TokenKind) -> None:
@@ -594,8 +655,10 @@ class TokenStore(Protocol):
         access_ttl: float,
         refresh_ttl: float,
         replay_grace: float,
+        scopes: Sequence[str] | None = None,
     ) -> RotationResult:
-        """Single-use rotation as one atomic step (DESIGN §8); see :class:`RotationOutcome`."""
+        """Single-use rotation as one atomic step (DESIGN §8); see :class:`RotationOutcome`. ``scopes``: the
+        new access token carries only these (a narrowed refresh); ``None`` = the grant's."""
 
     async def revoke_token(self, token: str) -> bool:
         """RFC 7009: revoke an access token, or a live refresh token together with its whole grant.
@@ -611,10 +674,15 @@ class TokenStore(Protocol):
 
     # --- client registrations, authorization codes, pending logins, consent ---
 
-    async def put_client(self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None) -> None:
-        """Store a client registration (plain JSON: keep client secrets in it only as hashes)."""
+    async def put_client(
+        self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None, max_clients: int | None = None
+    ) -> bool:
+        """Store a client registration, sealed in an envelope (client secrets only as hashes). With
+        ``max_clients``, a *new* client is refused (``False``) while that many live registrations exist; a
+        known one is always rewritten (renewal). ``True`` when stored."""
 
-    async def get_client(self, client_id: str) -> dict[str, Any] | None: ...
+    async def get_client(self, client_id: str) -> dict[str, Any] | None:
+        """The registration, or ``None``; an edited record raises :class:`RecordCorrupt`."""
 
     async def put_code(self, code: str, payload: Mapping[str, Any], *, ttl: float = CODE_TTL_SECONDS) -> None:
         """Store an authorization code's payload (encrypted) under the code's hash."""
@@ -629,6 +697,7 @@ class TokenStore(Protocol):
         """Get-and-delete in one step: an IdP callback is processed at most once."""
 
     async def put_consent(self, subject: str, client_id: str, scopes: Sequence[str], *, ttl: float) -> None:
-        """Remember that ``subject`` allowed ``client_id`` these scopes."""
+        """Remember that ``subject`` allowed ``client_id`` these scopes (sealed)."""
 
-    async def get_consent(self, subject: str, client_id: str) -> frozenset[str] | None: ...
+    async def get_consent(self, subject: str, client_id: str) -> frozenset[str] | None:
+        """The remembered scopes, or ``None``; an edited record raises :class:`RecordCorrupt`."""

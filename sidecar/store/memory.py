@@ -12,7 +12,6 @@ Not shared between processes: ``workers > 1`` requires the Redis store (the conf
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,10 +42,13 @@ from sidecar.store.base import (
     new_grant_fields,
     new_grant_id,
     open_payload,
+    open_scopes,
     open_successor,
     parse_client_token,
     refresh_member,
+    seal_claims,
     seal_payload,
+    seal_scopes,
     successor_member,
     to_ms,
     token_hash,
@@ -161,12 +163,13 @@ class MemoryTokenStore:
         now_ms: int,
         access_ttl_ms: int,
         refresh_ttl_ms: int,
+        scopes: Sequence[str] | None = None,
     ) -> None:
         keys = self._keys
         index = self._zset(keys.index(grant_id), now_ms)
         at_member = access_member(token_hash(pair.access_token))
         at_exp = now_ms + access_ttl_ms
-        self._put(keys.member_key(grant_id, at_member), access_record(at_exp, grant_id), at_exp, now_ms)
+        self._put(keys.member_key(grant_id, at_member), access_record(at_exp, grant_id, scopes), at_exp, now_ms)
         index[at_member] = at_exp
         client_exp = at_exp
         if pair.refresh_token is not None:
@@ -254,7 +257,7 @@ class MemoryTokenStore:
         envelope, up_exp = encrypt_upstream(self._keyring, self._keys.grant(grant_id), upstream)
         record.update(gen=str(expected_generation + 1), up=envelope, up_exp=str(up_exp), updated=str(now_ms))
         if claims is not None:
-            record["claims"] = json.dumps(dict(claims), separators=(",", ":"))
+            record["claims"] = seal_claims(self._keyring, self._keys.grant(grant_id), claims)
         self._touch(grant_id, record, now_ms)
         return True
 
@@ -316,6 +319,7 @@ class MemoryTokenStore:
         access_ttl: float,
         refresh_ttl: float,
         replay_grace: float,
+        scopes: Sequence[str] | None = None,
     ) -> RotationResult:
         check_token_for(grant_id, new_access_token, "access")
         check_token_for(grant_id, new_refresh_token, "refresh")
@@ -355,7 +359,7 @@ class MemoryTokenStore:
                 successor_key, self._keyring.encrypt(pair.to_json(), record_key=successor_key), successor_exp, now_ms
             )
             self._zset(keys.index(grant_id), now_ms)[successor_member(digest)] = successor_exp
-        self._add_tokens(grant_id, record, pair, now_ms, access_ttl_ms, refresh_ttl_ms)
+        self._add_tokens(grant_id, record, pair, now_ms, access_ttl_ms, refresh_ttl_ms, scopes)
         self._touch(grant_id, record, now_ms)
         return RotationResult(RotationOutcome.ROTATED, pair)
 
@@ -395,17 +399,27 @@ class MemoryTokenStore:
         del self._data[key]
         return True
 
-    async def put_client(self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None) -> None:
+    async def put_client(
+        self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None, max_clients: int | None = None
+    ) -> bool:
         now_ms = self._now_ms()
         deadline = None if ttl is None else now_ms + check_ttl("ttl", ttl)
-        self._put(self._keys.client(client_id), json.dumps(dict(metadata)), deadline, now_ms)
+        registry = self._zset(self._keys.clients(), now_ms)
+        for member in [m for m, exp in registry.items() if exp <= now_ms]:
+            del registry[member]
+        if max_clients is not None and client_id not in registry and len(registry) >= max_clients:
+            return False
+        registry[client_id] = deadline if deadline is not None else 2**62
+        key = self._keys.client(client_id)
+        self._put(key, seal_payload(self._keyring, key, metadata), deadline, now_ms)
+        return True
 
     async def get_client(self, client_id: str) -> dict[str, Any] | None:
-        value = self._string(self._keys.client(client_id), self._now_ms())
+        key = self._keys.client(client_id)
+        value = self._string(key, self._now_ms())
         if value is None:
             return None
-        data: dict[str, Any] = json.loads(value)
-        return data
+        return open_payload(self._keyring, key, value)
 
     async def put_code(self, code: str, payload: Mapping[str, Any], *, ttl: float = CODE_TTL_SECONDS) -> None:
         self._put_sealed(self._keys.code(code), payload, ttl)
@@ -432,16 +446,13 @@ class MemoryTokenStore:
 
     async def put_consent(self, subject: str, client_id: str, scopes: Sequence[str], *, ttl: float) -> None:
         now_ms = self._now_ms()
-        self._put(
-            self._keys.consent(subject, client_id),
-            json.dumps(sorted(set(scopes))),
-            now_ms + check_ttl("ttl", ttl),
-            now_ms,
-        )
+        key = self._keys.consent(subject, client_id)
+        self._put(key, seal_scopes(self._keyring, key, scopes), now_ms + check_ttl("ttl", ttl), now_ms)
 
     async def get_consent(self, subject: str, client_id: str) -> frozenset[str] | None:
-        value = self._string(self._keys.consent(subject, client_id), self._now_ms())
-        return None if value is None else frozenset(json.loads(value))
+        key = self._keys.consent(subject, client_id)
+        value = self._string(key, self._now_ms())
+        return None if value is None else open_scopes(self._keyring, key, value)
 
     # --- for tests: the raw records, exactly as a Redis dump would show them ---
 

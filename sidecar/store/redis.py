@@ -18,7 +18,6 @@ Third-party exceptions are translated in one place, :func:`_translate`, into :cl
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -61,10 +60,14 @@ from sidecar.store.base import (
     new_grant_fields,
     new_grant_id,
     open_payload,
+    open_scopes,
     open_successor,
     parse_client_token,
     refresh_member,
+    scope_suffix,
+    seal_claims,
     seal_payload,
+    seal_scopes,
     successor_member,
     to_ms,
     token_hash,
@@ -117,8 +120,9 @@ local function touch(grant, idx, now, grace, min_ttl)
   if redis.call('EXISTS', idx) == 1 then redis.call('PEXPIRE', idx, int(deadline - now)) end
 end
 -- Records a token pair. Without a refresh token (rt_exp == 0) the rt key is an unused placeholder.
-local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member)
-  redis.call('SET', at, int(at_exp) .. ':' .. gid, 'PX', int(at_exp - now))
+-- at_suffix: '' or ':<scopes>' for an access token narrowed at refresh (sidecar.store.base.access_record).
+local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member, at_suffix)
+  redis.call('SET', at, int(at_exp) .. ':' .. gid .. at_suffix, 'PX', int(at_exp - now))
   redis.call('ZADD', idx, int(at_exp), at_member)
   local cl = at_exp
   if rt_exp > 0 then
@@ -167,7 +171,8 @@ _LUA_ISSUE = (
     + """
 local now = tonumber(ARGV[1])
 if not live(KEYS[1], now) then return 0 end
-add_tokens(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8])
+add_tokens(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8],
+           '')
 touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return 1
 """
@@ -175,7 +180,7 @@ return 1
 
 # KEYS: grant, idx, old_rt, successor, new_at, new_rt
 # ARGV: now, grace, min_ttl, gid, replay_grace, at_exp, rt_exp, successor_envelope, at_member, rt_member,
-#       successor_member, successor_slack
+#       successor_member, successor_slack, at_suffix
 _LUA_ROTATE = (
     _LUA_PRELUDE
     + """
@@ -202,7 +207,8 @@ if replay_grace > 0 then
   redis.call('SET', KEYS[4], ARGV[8], 'PX', int(keep))
   redis.call('ZADD', KEYS[2], int(now + keep), ARGV[11])
 end
-add_tokens(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9], ARGV[10])
+add_tokens(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9], ARGV[10],
+           ARGV[13])
 touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return {'rotated'}
 """
@@ -233,6 +239,17 @@ return {existed, left}
 """
 
 # KEYS: lock   ARGV: owner. Release only the holder's lock (DESIGN §7.3).
+# Admit a client registration under the global cap (issue 12).
+# KEYS: registry zset   ARGV: now_ms, deadline_ms ('+inf' = none), max ('' = no cap), client_id
+_LUA_ADMIT_CLIENT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if ARGV[3] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[4]) then
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+return 1
+"""
+
 _LUA_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -279,6 +296,7 @@ class RedisTokenStore:
         self._lookup = client.register_script(_LUA_LOOKUP)
         self._delete = client.register_script(_LUA_DELETE)
         self._release = client.register_script(_LUA_RELEASE)
+        self._admit_client = client.register_script(_LUA_ADMIT_CLIENT)
 
     def __repr__(self) -> str:
         return f"RedisTokenStore(prefix={self._keys.prefix!r}, client={type(self._client).__name__})"
@@ -415,7 +433,7 @@ class RedisTokenStore:
         now_ms = self._now_ms()
         key = self._keys.grant(grant_id)
         envelope, up_exp = encrypt_upstream(self._keyring, key, upstream)
-        claims_json = "" if claims is None else json.dumps(dict(claims), separators=(",", ":"))
+        claims_json = "" if claims is None else seal_claims(self._keyring, key, claims)
         args = [*self._common(now_ms), str(expected_generation), envelope, str(up_exp), claims_json]
         async with _translate(operation):
             # A rotated credential must survive a failover; a drop (upstream None) may be lost harmlessly.
@@ -501,6 +519,7 @@ class RedisTokenStore:
         access_ttl: float,
         refresh_ttl: float,
         replay_grace: float,
+        scopes: Sequence[str] | None = None,
     ) -> RotationResult:
         check_token_for(grant_id, new_access_token, "access")
         check_token_for(grant_id, new_refresh_token, "refresh")
@@ -534,6 +553,7 @@ class RedisTokenStore:
             rt_member,
             successor_member(digest),
             str(SUCCESSOR_SLACK_MS),
+            scope_suffix(scopes),
         ]
         async with _translate("rotate_refresh_token"):
             reply = cast(list[str], await self._run_acked(self._rotate, script_keys, args))
@@ -575,18 +595,32 @@ class RedisTokenStore:
         async with _translate("release_lock"):
             return int(await self._run(self._release, [self._keys.lock(grant_id)], [owner])) == 1
 
-    async def put_client(self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None) -> None:
+    async def put_client(
+        self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None, max_clients: int | None = None
+    ) -> bool:
         px = None if ttl is None else check_ttl("ttl", ttl)
+        now_ms = self._now_ms()
+        key = self._keys.client(client_id)
+        envelope = seal_payload(self._keyring, key, metadata)
+        deadline = "+inf" if px is None else str(now_ms + px)
+        limit = "" if max_clients is None else str(max_clients)
         async with _translate("put_client"):
-            await self._client.set(self._keys.client(client_id), json.dumps(dict(metadata)), px=px)
+            # The registry is one key (any cluster slot); the record is written after admission. Two racing
+            # registrations may overshoot the cap by one each: it bounds abuse, it is not an exact quota.
+            admitted = await self._run(self._admit_client, [self._keys.clients()], [str(now_ms), deadline, limit,
+                                                                                     client_id])
+            if int(admitted) != 1:
+                return False
+            await self._client.set(key, envelope, px=px)
+        return True
 
     async def get_client(self, client_id: str) -> dict[str, Any] | None:
+        key = self._keys.client(client_id)
         async with _translate("get_client"):
-            value = await self._client.get(self._keys.client(client_id))
+            value = await self._client.get(key)
         if value is None:
             return None
-        data: dict[str, Any] = json.loads(value)
-        return data
+        return open_payload(self._keyring, key, cast(str, value))
 
     async def put_code(self, code: str, payload: Mapping[str, Any], *, ttl: float = CODE_TTL_SECONDS) -> None:
         await self._put_sealed("put_code", self._keys.code(code), payload, ttl)
@@ -613,15 +647,15 @@ class RedisTokenStore:
         return open_payload(self._keyring, key, cast(str, envelope))
 
     async def put_consent(self, subject: str, client_id: str, scopes: Sequence[str], *, ttl: float) -> None:
+        key = self._keys.consent(subject, client_id)
         async with _translate("put_consent"):
-            await self._client.set(
-                self._keys.consent(subject, client_id), json.dumps(sorted(set(scopes))), px=check_ttl("ttl", ttl)
-            )
+            await self._client.set(key, seal_scopes(self._keyring, key, scopes), px=check_ttl("ttl", ttl))
 
     async def get_consent(self, subject: str, client_id: str) -> frozenset[str] | None:
+        key = self._keys.consent(subject, client_id)
         async with _translate("get_consent"):
-            value = await self._client.get(self._keys.consent(subject, client_id))
-        return None if value is None else frozenset(json.loads(value))
+            value = await self._client.get(key)
+        return None if value is None else open_scopes(self._keyring, key, cast(str, value))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "adapters",
         [
+            "sidecar.bounded",
             "sidecar.audit",
             "sidecar.http1",
             "sidecar.connection",

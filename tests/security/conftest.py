@@ -1,4 +1,5 @@
-"""Fixtures for attack tests: an h11-parsed backend and the real sidecar in front of it."""
+"""Fixtures for attack tests: an h11-parsed backend and the real sidecar in front of it (the relay, issue 11);
+the OAuth integration pieces with a memory store (the front door, issue 12)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.app import build_app
 from sidecar.config import Settings
+from sidecar.crypto import KeyRing
 from sidecar.metrics import Metrics
+from sidecar.store.memory import MemoryTokenStore
 from tests.integration.gate.helpers import PUBLIC, RUNNER
+from tests.integration.oauth.conftest import browser, cimd_server, client, http, sidecar  # noqa: F401
 from tests.support.backends import serve
 from tests.support.h11_backend import H11Backend
+from tests.support.oauth_harness import FakeClock
+from tests.support.oidc import idp_front, oidc_mock  # noqa: F401
 
 
 @pytest.fixture
@@ -64,3 +70,14 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 3.0, half_clo
 def _sidecars() -> dict[str, Any]:
     """A place for a hypothesis test to keep the sidecar it started on its first example."""
     return {}
+
+
+# --- the OAuth front door (issue 12) ---
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> MemoryTokenStore:
+    return MemoryTokenStore(KeyRing.ephemeral(), key_prefix="sectest", clock=clock)

@@ -13,6 +13,7 @@ TTL (locks, codes, pending logins, clients) use sub-second TTLs and a short real
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -78,6 +79,12 @@ class RawView(Protocol):
     async def hget(self, key: str, field: str) -> str | None: ...
 
     async def hset(self, key: str, field: str, value: str) -> None: ...
+
+    async def get(self, key: str) -> str | None: ...
+
+    async def set(self, key: str, value: str) -> None:
+        """Overwrite a string record in place (its expiry kept)."""
+        ...
 
     async def dump(self) -> bytes:
         """Every key this test wrote, with its serialized value(s) (Redis: DUMP plus GET/HGETALL/ZRANGE)."""
@@ -657,6 +664,97 @@ class StoreContract:
         with pytest.raises(RecordCorrupt):
             await h.store.get_grant(grant.grant_id)
 
+    # --- integrity (issue 12): every field that grants identity or access is sealed ---------------------------
+
+    async def test_identity_fields_are_not_in_clear(self, h: Harness) -> None:
+        await new_grant(h, subject="alice-subject", client_id="client-xyz", scopes=["scope-abc"],
+                        claims={"email": "alice@example.com"})
+        await h.store.put_client("client-xyz", {"client_id": "client-xyz", "redirect_uris": ["https://r.example/cb"],
+                                                "secret_hash": "f" * 64})
+        await h.store.put_consent("alice-subject", "client-xyz", ["scope-abc"], ttl=DAY)
+        dump = await h.raw.dump()
+        # (The client id itself names the registration's key: an identifier, not a grant of access.)
+        for value in (b"alice-subject", b"scope-abc", b"alice@example.com", b"r.example", b"f" * 64):
+            assert value not in dump, value
+
+    @pytest.mark.parametrize("field", ["idn", "claims"])
+    async def test_each_sealed_grant_field_edited_is_refused(self, h: Harness, field: str) -> None:
+        victim = await new_grant(h, subject="victim", claims={"email": "victim@example.com"})
+        attacker = await new_grant(h, subject="attacker", claims={"email": "attacker@example.com"})
+        # A valid envelope of the same field from another grant: the associated data names the record.
+        other = await h.raw.hget(h.keys.grant(attacker.grant_id), field)
+        assert other is not None
+        await h.raw.hset(h.keys.grant(victim.grant_id), field, other)
+        with pytest.raises(RecordCorrupt):
+            await h.store.get_grant(victim.grant_id)
+        # ... and the other field's envelope of the same grant does not open in its place either.
+        third = await new_grant(h, subject="third")
+        swapped = await h.raw.hget(h.keys.grant(third.grant_id), "claims" if field == "idn" else "idn")
+        assert swapped is not None
+        await h.raw.hset(h.keys.grant(third.grant_id), field, swapped)
+        with pytest.raises(RecordCorrupt):
+            await h.store.get_grant(third.grant_id)
+
+    @pytest.mark.parametrize(("field", "value"), [("sub", "attacker"), ("cid", "evil-client"),
+                                                   ("scopes", '["admin"]'), ("gid", "0" * 32)])
+    async def test_plain_identity_fields_written_into_a_grant_are_never_believed(
+        self, h: Harness, field: str, value: str
+    ) -> None:
+        grant = await new_grant(h)
+        await h.raw.hset(h.keys.grant(grant.grant_id), field, value)
+        if field == "gid":
+            with pytest.raises(RecordCorrupt):
+                await h.store.get_grant(grant.grant_id)
+            return
+        assert await h.store.get_grant(grant.grant_id) == grant
+
+    async def test_edited_client_registration_is_refused(self, h: Harness) -> None:
+        meta = {"client_id": "c1", "redirect_uris": ["http://127.0.0.1:3000/cb"], "token_endpoint_auth_method": "none"}
+        await h.store.put_client("c1", meta)
+        await h.store.put_client("c2", {**meta, "client_id": "c2", "redirect_uris": ["https://evil.example/cb"]})
+        key = h.keys.client("c1")
+        # Plain JSON with an added redirect URI, or another client's (valid) envelope: both refused.
+        for forged in (json.dumps({**meta, "redirect_uris": ["https://evil.example/cb"]}),
+                       await h.raw.get(h.keys.client("c2"))):
+            assert forged is not None
+            await h.raw.set(key, forged)
+            with pytest.raises(RecordCorrupt):
+                await h.store.get_client("c1")
+
+    async def test_edited_consent_is_refused(self, h: Harness) -> None:
+        await h.store.put_consent("user-1", "client-1", ["openid"], ttl=DAY)
+        await h.store.put_consent("user-1", "client-2", ["openid", "admin"], ttl=DAY)
+        key = h.keys.consent("user-1", "client-1")
+        for forged in ('["openid", "admin"]', await h.raw.get(h.keys.consent("user-1", "client-2"))):
+            assert forged is not None
+            await h.raw.set(key, forged)
+            with pytest.raises(RecordCorrupt):
+                await h.store.get_consent("user-1", "client-1")
+
+    async def test_registrations_are_capped_but_renewals_pass(self, h: Harness) -> None:
+        meta = {"client_id": "x"}
+        assert await h.store.put_client("a", meta, ttl=SHORT_TTL_SECONDS, max_clients=2)
+        assert await h.store.put_client("b", meta, ttl=DAY, max_clients=2)
+        assert not await h.store.put_client("c", meta, ttl=DAY, max_clients=2)
+        assert await h.store.get_client("c") is None
+        assert await h.store.put_client("a", meta, ttl=SHORT_TTL_SECONDS, max_clients=2)  # a renewal
+        await h.pass_short_ttl()
+        assert await h.store.put_client("c", meta, ttl=DAY, max_clients=2)  # "a" expired: room again
+
+    async def test_narrowed_rotation_records_the_scopes(self, h: Harness) -> None:
+        grant = await new_grant(h, scopes=["openid", "email", "profile"])
+        pair = await issue(h, grant.grant_id)
+        found = await h.store.find_access_token(pair.access_token)
+        assert found is not None and found.scopes is None
+        result = await h.store.rotate_refresh_token(
+            grant.grant_id, pair.refresh_token or "", new_access_token=mint_access_token(grant.grant_id),
+            new_refresh_token=mint_refresh_token(grant.grant_id), access_ttl=HOUR, refresh_ttl=DAY,
+            replay_grace=30, scopes=("openid", "email"),
+        )
+        assert result.outcome is RotationOutcome.ROTATED and result.tokens is not None
+        found = await h.store.find_access_token(result.tokens.access_token)
+        assert found is not None and found.scopes == ("openid", "email") and found.grant_id == grant.grant_id
+
     async def test_reprs_show_no_secrets(self, h: Harness) -> None:
         creds = upstream(h.clock, tag="repr")
         grant = await new_grant(h, upstream=creds)
@@ -693,6 +791,14 @@ class MemoryRawView:
         record = self.store.raw_items()[key]
         assert isinstance(record, dict)
         record[field] = value  # type: ignore[assignment]
+
+    async def get(self, key: str) -> str | None:
+        value = self.store.raw_items().get(key)
+        assert value is None or isinstance(value, str)
+        return value
+
+    async def set(self, key: str, value: str) -> None:
+        self.store._data[key].value = value  # type: ignore[attr-defined]
 
     async def dump(self) -> bytes:
         return repr(self.store.raw_items()).encode()
@@ -739,6 +845,13 @@ class RedisRawView:
 
     async def hset(self, key: str, field: str, value: str) -> None:
         await self.client.hset(key, field, value)
+
+    async def get(self, key: str) -> str | None:
+        value = await self.client.get(key)
+        return None if value is None else str(value)
+
+    async def set(self, key: str, value: str) -> None:
+        await self.client.set(key, value, keepttl=True)
 
     async def dump(self) -> bytes:
         chunks: list[bytes] = []

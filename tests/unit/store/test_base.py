@@ -89,7 +89,7 @@ def test_decode_grant_refuses_damaged_records() -> None:
                               claims={}, upstream=UpstreamCredentials("a"), now_ms=1000)  # fmt: skip
     fields["exp"] = "5000"
     assert decode_grant(ring, "r", fields).upstream == UpstreamCredentials("a")
-    for broken in ({"v": "2"}, {"scopes": "{"}, {"gen": "x"}, {"claims": "[]"}):
+    for broken in ({"v": "1"}, {"idn": "{"}, {"gen": "x"}, {"claims": "[]"}, {"gid": "f" * 32}):
         with pytest.raises(RecordCorrupt):
             decode_grant(ring, "r", {**fields, **broken})
     with pytest.raises(RecordCorrupt):
