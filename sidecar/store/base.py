@@ -558,6 +558,47 @@ def check_access_record(value: str, grant_id: str, now_ms: int) -> AccessTokenIn
     return AccessTokenInfo(grant_id, int(exp_text) / 1000.0, scopes)
 
 
+def seal_access_record(
+    keyring: KeyRing, record_key: str, expires_ms: int, grant_id: str, scopes: Sequence[str] | None = None
+) -> str:
+    """The stored form of an access token's record: :func:`access_record` as an envelope bound to the token's
+    key. Without the encryption key nobody can write a record that a lookup accepts (a forged token for
+    someone's grant, a longer expiry, wider scopes)."""
+    return keyring.encrypt(access_record(expires_ms, grant_id, scopes).encode("utf-8"), record_key=record_key)
+
+
+def open_access_record(
+    keyring: KeyRing, record_key: str, value: str, grant_id: str, now_ms: int
+) -> AccessTokenInfo | None:
+    """The live token's info, or ``None``; a record that does not open is logged and treated as unknown."""
+    try:
+        plain = keyring.decrypt(value, record_key=record_key).decode("utf-8")
+    except (DecryptError, UnicodeDecodeError) as exc:
+        integrity_failure(record_key, f"access token record: {type(exc).__name__}")
+        return None
+    return check_access_record(plain, grant_id, now_ms)
+
+
+def seal_refresh_record(keyring: KeyRing, record_key: str, expires_ms: int, grant_id: str) -> str:
+    """The ``seal`` field of a refresh token's record: its expiry and grant, bound to its key."""
+    return keyring.encrypt(f"{expires_ms}:{grant_id}".encode(), record_key=record_key)
+
+
+def refresh_record_genuine(
+    keyring: KeyRing, record_key: str, seal: str | None, expires: str | None, grant_id: str
+) -> bool:
+    """True when the refresh token's record was written by us (its seal opens and names its expiry and grant)."""
+    try:
+        plain = keyring.decrypt(seal or "", record_key=record_key).decode("utf-8")
+    except (DecryptError, UnicodeDecodeError) as exc:
+        integrity_failure(record_key, f"refresh token record: {type(exc).__name__}")
+        return False
+    if not hmac.compare_digest(plain.encode(), f"{expires}:{grant_id}".encode()):
+        integrity_failure(record_key, "refresh token record: seal does not match")
+        return False
+    return True
+
+
 def check_token_for(grant_id: str, token: str, kind: TokenKind) -> None:
     """Programming-error guard: a token handed to the store must be one minted for this grant."""
     parsed = parse_client_token(token)

@@ -31,8 +31,6 @@ from sidecar.store.base import (
     TokenPair,
     UpstreamCredentials,
     access_member,
-    access_record,
-    check_access_record,
     check_token_for,
     check_ttl,
     decode_grant,
@@ -41,13 +39,17 @@ from sidecar.store.base import (
     make_pair,
     new_grant_fields,
     new_grant_id,
+    open_access_record,
     open_payload,
     open_scopes,
     open_successor,
     parse_client_token,
     refresh_member,
+    refresh_record_genuine,
+    seal_access_record,
     seal_claims,
     seal_payload,
+    seal_refresh_record,
     seal_scopes,
     successor_member,
     to_ms,
@@ -169,18 +171,16 @@ class MemoryTokenStore:
         index = self._zset(keys.index(grant_id), now_ms)
         at_member = access_member(token_hash(pair.access_token))
         at_exp = now_ms + access_ttl_ms
-        self._put(keys.member_key(grant_id, at_member), access_record(at_exp, grant_id, scopes), at_exp, now_ms)
+        at_key = keys.member_key(grant_id, at_member)
+        self._put(at_key, seal_access_record(self._keyring, at_key, at_exp, grant_id, scopes), at_exp, now_ms)
         index[at_member] = at_exp
         client_exp = at_exp
         if pair.refresh_token is not None:
             rt_member = refresh_member(token_hash(pair.refresh_token))
             rt_exp = now_ms + refresh_ttl_ms
-            self._put(
-                keys.member_key(grant_id, rt_member),
-                {"state": "active", "exp": str(rt_exp), "gid": grant_id},
-                rt_exp,
-                now_ms,
-            )
+            rt_key = keys.member_key(grant_id, rt_member)
+            seal = seal_refresh_record(self._keyring, rt_key, rt_exp, grant_id)
+            self._put(rt_key, {"state": "active", "exp": str(rt_exp), "gid": grant_id, "seal": seal}, rt_exp, now_ms)
             index[rt_member] = rt_exp
             client_exp = max(client_exp, rt_exp)
         for member in [m for m, exp in index.items() if exp < now_ms]:
@@ -307,7 +307,7 @@ class MemoryTokenStore:
         value = self._string(key, now_ms)
         if value is None or self._live_grant(parsed.grant_id, now_ms) is None:
             return None
-        return check_access_record(value, parsed.grant_id, now_ms)
+        return open_access_record(self._keyring, key, value, parsed.grant_id, now_ms)
 
     async def rotate_refresh_token(
         self,
@@ -332,8 +332,11 @@ class MemoryTokenStore:
         keys = self._keys
         record = self._live_grant(grant_id, now_ms)
         digest = token_hash(old_refresh_token)
-        old = self._hash(keys.member_key(grant_id, refresh_member(digest)), now_ms)
+        old_key = keys.member_key(grant_id, refresh_member(digest))
+        old = self._hash(old_key, now_ms)
         if record is None or old is None or int(old["exp"]) <= now_ms:
+            return RotationResult(RotationOutcome.INVALID)
+        if not refresh_record_genuine(self._keyring, old_key, old.get("seal"), old.get("exp"), grant_id):
             return RotationResult(RotationOutcome.INVALID)
         successor_key = keys.member_key(grant_id, successor_member(digest))
         if old["state"] == "rotated":

@@ -50,7 +50,6 @@ from sidecar.store.base import (
     TokenPair,
     UpstreamCredentials,
     access_member,
-    check_access_record,
     check_token_for,
     check_ttl,
     decode_grant,
@@ -59,14 +58,17 @@ from sidecar.store.base import (
     make_pair,
     new_grant_fields,
     new_grant_id,
+    open_access_record,
     open_payload,
     open_scopes,
     open_successor,
     parse_client_token,
     refresh_member,
-    scope_suffix,
+    refresh_record_genuine,
+    seal_access_record,
     seal_claims,
     seal_payload,
+    seal_refresh_record,
     seal_scopes,
     successor_member,
     to_ms,
@@ -120,13 +122,14 @@ local function touch(grant, idx, now, grace, min_ttl)
   if redis.call('EXISTS', idx) == 1 then redis.call('PEXPIRE', idx, int(deadline - now)) end
 end
 -- Records a token pair. Without a refresh token (rt_exp == 0) the rt key is an unused placeholder.
--- at_suffix: '' or ':<scopes>' for an access token narrowed at refresh (sidecar.store.base.access_record).
-local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member, at_suffix)
-  redis.call('SET', at, int(at_exp) .. ':' .. gid .. at_suffix, 'PX', int(at_exp - now))
+-- at_value: the access token's sealed record; rt_seal: the refresh token's seal (sidecar.store.base), both
+-- made by the caller, which holds the keys: a record written by anyone else does not open.
+local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member, at_value, rt_seal)
+  redis.call('SET', at, at_value, 'PX', int(at_exp - now))
   redis.call('ZADD', idx, int(at_exp), at_member)
   local cl = at_exp
   if rt_exp > 0 then
-    redis.call('HSET', rt, 'state', 'active', 'exp', int(rt_exp), 'gid', gid)
+    redis.call('HSET', rt, 'state', 'active', 'exp', int(rt_exp), 'gid', gid, 'seal', rt_seal)
     redis.call('PEXPIRE', rt, int(rt_exp - now))
     redis.call('ZADD', idx, int(rt_exp), rt_member)
     cl = math.max(cl, rt_exp)
@@ -165,14 +168,15 @@ return gen + 1
 """
 )
 
-# KEYS: grant, idx, at, rt   ARGV: now, grace, min_ttl, gid, at_exp, rt_exp (0: none), at_member, rt_member
+# KEYS: grant, idx, at, rt   ARGV: now, grace, min_ttl, gid, at_exp, rt_exp (0: none), at_member, rt_member,
+#                             at_value, rt_seal
 _LUA_ISSUE = (
     _LUA_PRELUDE
     + """
 local now = tonumber(ARGV[1])
 if not live(KEYS[1], now) then return 0 end
 add_tokens(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8],
-           '')
+           ARGV[9], ARGV[10])
 touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return 1
 """
@@ -180,7 +184,7 @@ return 1
 
 # KEYS: grant, idx, old_rt, successor, new_at, new_rt
 # ARGV: now, grace, min_ttl, gid, replay_grace, at_exp, rt_exp, successor_envelope, at_member, rt_member,
-#       successor_member, successor_slack, at_suffix
+#       successor_member, successor_slack, at_value, rt_seal
 _LUA_ROTATE = (
     _LUA_PRELUDE
     + """
@@ -208,7 +212,7 @@ if replay_grace > 0 then
   redis.call('ZADD', KEYS[2], int(now + keep), ARGV[11])
 end
 add_tokens(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9], ARGV[10],
-           ARGV[13])
+           ARGV[13], ARGV[14])
 touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 return {'rotated'}
 """
@@ -479,13 +483,16 @@ class RedisTokenStore:
             keys.member_key(grant_id, at_member),
             keys.member_key(grant_id, rt_member),
         ]
+        at_exp, rt_exp = now_ms + access_ttl_ms, now_ms + refresh_ttl_ms
         args = [
             *self._common(now_ms),
             grant_id,
-            str(now_ms + access_ttl_ms),
-            str(now_ms + refresh_ttl_ms if refresh_token else 0),
+            str(at_exp),
+            str(rt_exp if refresh_token else 0),
             at_member,
             rt_member,
+            seal_access_record(self._keyring, script_keys[2], at_exp, grant_id),
+            seal_refresh_record(self._keyring, script_keys[3], rt_exp, grant_id) if refresh_token else "",
         ]
         async with _translate("issue_tokens"):
             issued = await self._run(self._issue, script_keys, args)
@@ -507,7 +514,7 @@ class RedisTokenStore:
             value = await self._run(self._lookup, [at_key, self._keys.grant(parsed.grant_id)], [str(now_ms)])
         if not isinstance(value, str):
             return None
-        return check_access_record(value, parsed.grant_id, now_ms)
+        return open_access_record(self._keyring, at_key, value, parsed.grant_id, now_ms)
 
     async def rotate_refresh_token(
         self,
@@ -553,8 +560,15 @@ class RedisTokenStore:
             rt_member,
             successor_member(digest),
             str(SUCCESSOR_SLACK_MS),
-            scope_suffix(scopes),
+            seal_access_record(self._keyring, script_keys[4], now_ms + access_ttl_ms, grant_id, scopes),
+            seal_refresh_record(self._keyring, script_keys[5], now_ms + refresh_ttl_ms, grant_id),
         ]
+        old_key = script_keys[2]
+        async with _translate("rotate_refresh_token"):
+            # The old token's record must be ours (its seal never changes, so reading it first is safe).
+            seal, exp = cast(list[str | None], await self._client.hmget(old_key, ["seal", "exp"]))
+        if exp is not None and not refresh_record_genuine(self._keyring, old_key, seal, exp, grant_id):
+            return RotationResult(RotationOutcome.INVALID)
         async with _translate("rotate_refresh_token"):
             reply = cast(list[str], await self._run_acked(self._rotate, script_keys, args))
         outcome = RotationOutcome(reply[0])

@@ -12,7 +12,7 @@ import itertools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Literal
 
@@ -131,11 +131,13 @@ async def test_jwks_that_is_too_large_is_refused() -> None:
 
 
 @pytest.fixture
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    certs = CimdServer()  # only for its self-signed certificate
+def tls() -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
+    certs = CimdServer()  # only for its self-signed certificate (never started)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(str(certs.cert), str(certs.key))
-    return server, certs.ssl_context
+    client = certs.ssl_context
+    certs._dir.cleanup()
+    yield server, client
 
 
 def _document(base: str) -> bytes:
@@ -189,6 +191,7 @@ async def test_cimd_split_by_the_network_is_read_whole(mode: Mode, tls: tuple[ss
         finally:
             await fetcher.close()
     assert client.client_name == "Split" and client.redirect_uris == ("http://127.0.0.1:9/cb",)
+    assert len(body_box) == 1  # one fetch, read whole
 
 
 async def test_cimd_that_is_too_large_is_refused(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:

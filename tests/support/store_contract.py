@@ -34,7 +34,7 @@ from sidecar.store.base import (
     mint_refresh_token,
     token_hash,
 )
-from sidecar.store.memory import MemoryTokenStore
+from sidecar.store.memory import MemoryTokenStore, _Entry
 from sidecar.store.redis import RedisTokenStore
 from tests.support.redis_servers import random_prefix
 
@@ -83,7 +83,7 @@ class RawView(Protocol):
     async def get(self, key: str) -> str | None: ...
 
     async def set(self, key: str, value: str) -> None:
-        """Overwrite a string record in place (its expiry kept)."""
+        """Write a string record (an existing one keeps its expiry; a new one has none)."""
         ...
 
     async def dump(self) -> bytes:
@@ -741,6 +741,34 @@ class StoreContract:
         await h.pass_short_ttl()
         assert await h.store.put_client("c", meta, ttl=DAY, max_clients=2)  # "a" expired: room again
 
+    async def test_forged_or_edited_token_records_are_refused(self, h: Harness) -> None:
+        """Whoever can write to the store cannot make a bearer for someone's grant, lengthen a token's life or
+        revive a refresh token: token records are sealed with the key the writer does not have."""
+        victim = await new_grant(h, subject="victim")
+        pair = await issue(h, victim.grant_id)
+        assert pair.refresh_token is not None
+        # A made-up access token with a record written by hand (the old plain format), or another token's record.
+        forged = mint_access_token(victim.grant_id)
+        forged_key = h.keys.member_key(victim.grant_id, f"at:{token_hash(forged)}")
+        real_key = h.keys.member_key(victim.grant_id, f"at:{token_hash(pair.access_token)}")
+        real_value = await h.raw.get(real_key)
+        assert real_value is not None and victim.grant_id not in real_value  # sealed, not "<exp>:<gid>"
+        for value in (f"{int((h.clock() + DAY) * 1000)}:{victim.grant_id}", real_value):
+            await h.raw.set(forged_key, value)
+            assert await h.store.find_access_token(forged) is None
+        # Editing the genuine record (a longer life) breaks it.
+        await h.raw.set(real_key, f"{int((h.clock() + 365 * DAY) * 1000)}:{victim.grant_id}")
+        assert await h.store.find_access_token(pair.access_token) is None
+        # A refresh record whose seal is missing or belongs to another token is not rotated.
+        rt_key = h.keys.member_key(victim.grant_id, f"rt:{token_hash(pair.refresh_token)}")
+        other = await issue(h, victim.grant_id)
+        other_seal = await h.raw.hget(h.keys.member_key(victim.grant_id, f"rt:{token_hash(other.refresh_token or '')}"),
+                                      "seal")
+        assert other_seal is not None
+        await h.raw.hset(rt_key, "seal", other_seal)
+        assert (await rotate(h, victim.grant_id, pair.refresh_token)).outcome is RotationOutcome.INVALID
+        assert (await rotate(h, victim.grant_id, other.refresh_token or "")).outcome is RotationOutcome.ROTATED
+
     async def test_narrowed_rotation_records_the_scopes(self, h: Harness) -> None:
         grant = await new_grant(h, scopes=["openid", "email", "profile"])
         pair = await issue(h, grant.grant_id)
@@ -798,7 +826,11 @@ class MemoryRawView:
         return value
 
     async def set(self, key: str, value: str) -> None:
-        self.store._data[key].value = value  # type: ignore[attr-defined]
+        entry = self.store._data.get(key)  # type: ignore[attr-defined]
+        if entry is None:
+            self.store._data[key] = _Entry(value, None)  # type: ignore[attr-defined]
+        else:
+            entry.value = value
 
     async def dump(self) -> bytes:
         return repr(self.store.raw_items()).encode()
