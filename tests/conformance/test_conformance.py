@@ -249,6 +249,21 @@ def test_the_sidecar_changes_nothing_for_each_protocol_revision(
     assert passed_through["FAILURE"] == 0
 
 
+def test_the_rebinding_scenario_passes_when_the_client_says_localhost(
+    node: Node, deployment: Deployment, tmp_path: Path
+) -> None:
+    # The sidecar is published as http://127.0.0.1:<port>; a browser page may call it http://localhost:<port>.
+    # The SDK server accepts that name directly, so the sidecar must too (and still refuse a foreign Host/Origin).
+    def at_localhost(url: str) -> str:
+        return url.replace("//127.0.0.1:", "//localhost:", 1)
+
+    scenario = "dns-rebinding-protection"
+    direct = run_suite(node, at_localhost(deployment.server), tmp_path / "direct", bearer=False, scenario=scenario)
+    through = run_suite(node, at_localhost(deployment.sidecar), tmp_path / "sidecar", bearer=True, scenario=scenario)
+    assert through == direct
+    assert failures(through) == []
+
+
 def test_the_run_went_through_an_enforcing_gate(deployment: Deployment) -> None:
     # The same sidecar refuses the same request without the bearer the preload added: 401 + RFC 9728 challenge.
     body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
