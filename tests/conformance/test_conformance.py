@@ -10,11 +10,14 @@ What runs, all real processes on loopback:
   and adds one static bearer to the requests it makes to the sidecar (and nowhere else).
 
 Every check's status (SUCCESS / WARNING / FAILURE) must be the same both ways, scenario by scenario, and per
-protocol revision the suite knows (2025-03-26, 2025-06-18, 2025-11-25). ``make conformance`` runs just this file.
+protocol revision the suite knows (2025-03-26, 2025-06-18, 2025-11-25). The same again through a broker-mode
+sidecar (the sidecar is the authorization server; the bearer comes from a real registration, login, consent
+and PKCE code exchange). ``make conformance`` runs just this file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -30,7 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
+
+from tests.integration.oauth.flow import obtain_code, register, token
+from tests.support.oauth_harness import Browser, running_sidecar
+from tests.support.oidc import IdPFront, idp_front, oidc_mock  # noqa: F401 (fixtures)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -171,32 +179,52 @@ def deployment(node: Node) -> Iterator[Deployment]:
 Statuses = dict[tuple[str, str], list[str]]  # (scenario, check id) -> statuses, INFO checks left out
 
 
-def run_suite(node: Node, url: str, out: Path, *, bearer: bool, scenario: str | None = None) -> Statuses:
+def _suite_command(
+    node: Node, url: str, out: Path, bearer: str | None, scenario: str | None
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if bearer:
         env |= {
-            "MCP_CONFORMANCE_BEARER": STATIC_BEARER,
+            "MCP_CONFORMANCE_BEARER": bearer,
             "MCP_CONFORMANCE_ORIGIN": url,
             "NODE_OPTIONS": f"--import={BEARER_PRELOAD.as_uri()}",
         }
     selection = ["--scenario", scenario] if scenario else ["--suite", "all"]
-    done = subprocess.run(
-        [node.binary, str(CLI_JS), "server", "--url", url, *selection, "--output-dir", str(out)],
-        cwd=HERE,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_SECONDS,
-        check=False,
-    )
+    return [node.binary, str(CLI_JS), "server", "--url", url, *selection, "--output-dir", str(out)], env
+
+
+def _read_results(out: Path, returncode: int | None, output: str) -> Statuses:
     statuses: Statuses = defaultdict(list)
     for checks in sorted(out.glob("server-*/checks.json")):
         name = re.sub(r"-\d{4}-\d\d-\d\dT[\d-]+Z$", "", checks.parent.name).removeprefix("server-")
         for check in json.loads(checks.read_text()):
             if check["status"] != "INFO":
                 statuses[(name, check["id"])].append(check["status"])
-    assert statuses, f"the conformance CLI produced no results (exit {done.returncode}):\n{done.stdout[-2000:]}"
+    assert statuses, f"the conformance CLI produced no results (exit {returncode}):\n{output[-2000:]}"
     return {key: sorted(value) for key, value in statuses.items()}
+
+
+def run_suite(node: Node, url: str, out: Path, *, bearer: bool, scenario: str | None = None) -> Statuses:
+    command, env = _suite_command(node, url, out, STATIC_BEARER if bearer else None, scenario)
+    done = subprocess.run(
+        command, cwd=HERE, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT_SECONDS, check=False
+    )
+    return _read_results(out, done.returncode, done.stdout)
+
+
+async def run_suite_async(node: Node, url: str, out: Path, *, bearer: str) -> Statuses:
+    """The same, without blocking the event loop (for a sidecar served in this process)."""
+    command, env = _suite_command(node, url, out, bearer, None)
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=HERE, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(proc.communicate(), SUITE_TIMEOUT_SECONDS)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return _read_results(out, proc.returncode, output.decode(errors="replace"))
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +247,12 @@ def results(node: Node, deployment: Deployment, tmp_path_factory: pytest.TempPat
     return direct, through
 
 
+def differences(direct: Statuses, through: Statuses) -> dict[tuple[str, str], tuple[list[str], list[str]]]:
+    """Checks whose statuses differ between the two runs (a check missing on one side counts as [])."""
+    keys = direct.keys() | through.keys()
+    return {k: (direct.get(k, []), through.get(k, [])) for k in keys if direct.get(k) != through.get(k)}
+
+
 def failures(statuses: Statuses) -> list[str]:
     return [f"{scenario}/{check}: {s}" for (scenario, check), ss in statuses.items() for s in ss if s == "FAILURE"]
 
@@ -232,8 +266,7 @@ def test_the_backend_passes_every_server_scenario_directly(results: tuple[Status
 
 def test_the_sidecar_changes_no_scenario_outcome(results: tuple[Statuses, Statuses]) -> None:
     direct, through = results
-    differences = {key: (direct.get(key), through.get(key)) for key in direct.keys() | through.keys()}
-    assert {k: v for k, v in differences.items() if v[0] != v[1]} == {}
+    assert differences(direct, through) == {}
     assert failures(through) == []
 
 
@@ -273,3 +306,29 @@ def test_the_run_went_through_an_enforcing_gate(deployment: Deployment) -> None:
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=2)
     assert 'resource_metadata="' in refused.value.headers["WWW-Authenticate"]
+
+
+async def test_broker_mode_changes_no_scenario_outcome(
+    node: Node,
+    deployment: Deployment,
+    results: tuple[Statuses, Statuses],
+    idp_front: IdPFront,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    # Broker mode: the sidecar is the authorization server. A client registers (RFC 7591), a user logs in at
+    # the IdP behind it and consents, the code is exchanged with PKCE; the suite then runs with that token.
+    direct, _ = results
+    async with (
+        running_sidecar(idp_front, upstream=deployment.server.removesuffix("/mcp")) as sidecar,
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        Browser(idp_front, sidecar.url) as browser,
+    ):
+        client = await register(http, sidecar)
+        code = await obtain_code(browser, sidecar, client.client_id)
+        form = {"grant_type": "authorization_code", "code": code.code, "code_verifier": code.verifier,
+                "redirect_uri": client.redirect_uri}  # fmt: skip
+        status, tokens, _ = await token(http, sidecar, client, form)
+        assert status == 200, tokens
+        through = await run_suite_async(node, sidecar.mcp_url, tmp_path, bearer=tokens["access_token"])
+    assert differences(direct, through) == {}
+    assert failures(through) == []
