@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC   := $(UV) sync --locked --all-extras --quiet
 
 .PHONY: run test test-fast unit integration chart lint typecheck bench bench-quick clean redis-server \
-        chromium js-deps lock lock-check outdated image
+        chromium js-deps lock lock-check outdated image conformance
 
 $(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ test: $(STAMP) redis-server js-deps chromium lint typecheck
 # The edit loop: everything but the real-thing tests (oidc-provider, TypeScript SDK, Chromium).
 test-fast: $(STAMP) redis-server lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/integration/real
+
+# The official MCP conformance suite (npm, Node 22 from the lock) against an MCP server directly and through the
+# sidecar; every scenario must come out the same both ways (tests/conformance/test_conformance.py).
+conformance: $(STAMP)
+	npm ci --prefix tests/conformance --no-audit --no-fund --loglevel=error
+	$(PY) -m pytest -q -p no:cacheprovider tests/conformance
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

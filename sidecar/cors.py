@@ -2,7 +2,10 @@
 servers "MUST validate the Origin header on all incoming connections to prevent DNS rebinding attacks").
 
 A request without ``Origin`` comes from a non-browser client and passes. A request with one must carry the
-public URL's own origin or one of ``allowed_origins``; the sidecar answers 403 itself otherwise. Allowed
+public URL's own origin or one of ``allowed_origins``; the sidecar answers 403 itself otherwise. A loopback
+public URL (``localhost``, ``127.0.0.1``, ``[::1]``) also accepts the other two names with the same scheme and
+port: they name one listener on one machine, so no rebinding is possible between them, and the MCP SDK servers
+accept them too (the conformance suite's ``dns-rebinding-protection`` scenario checks it). Allowed
 origins get CORS (Fetch standard §3.2): an unauthenticated preflight that allows the MCP headers, and
 ``Access-Control-Allow-Origin`` plus ``Access-Control-Expose-Headers`` on every actual response, 401s included,
 so a browser client can read ``WWW-Authenticate`` and ``Mcp-Session-Id``.
@@ -29,6 +32,8 @@ BASE_ALLOWED_HEADERS = (
 EXPOSED_HEADERS = "Mcp-Session-Id, WWW-Authenticate"
 # Browsers cache a preflight for at most this long; ten minutes keeps config changes visible quickly.
 PREFLIGHT_MAX_AGE_SECONDS = 600
+# The loopback names a browser may put in an origin for this machine (RFC 6761 §6.3 ``localhost``, IPv4, IPv6).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 def origin_of(url: str) -> str:
@@ -38,9 +43,19 @@ def origin_of(url: str) -> str:
     return str(origin).rstrip("/").lower()
 
 
+def with_loopback_aliases(origin: str) -> set[str]:
+    """``origin`` plus, when its host is a loopback name, the same scheme and port under the other names."""
+    url = URL(origin)
+    if url.host not in {"localhost", "127.0.0.1", "::1"}:
+        return {origin}
+    port = f":{url.explicit_port}" if url.explicit_port is not None else ""
+    return {origin, *(f"{url.scheme}://{host}{port}" for host in LOOPBACK_HOSTS)}
+
+
 class CorsPolicy:
     def __init__(self, public_url: str, allowed_origins: Iterable[str]) -> None:
-        self._allowed = frozenset({origin_of(public_url), *(origin_of(o) for o in allowed_origins)})
+        own = with_loopback_aliases(origin_of(public_url))
+        self._allowed = frozenset({*own, *(origin_of(o) for o in allowed_origins)})
 
     def allowed(self, origin: str) -> bool:
         return origin.lower() in self._allowed

@@ -84,6 +84,36 @@ async def test_public_url_with_port_is_its_own_origin(
     assert resp.status == 403
 
 
+@pytest.mark.parametrize("public_host", ["127.0.0.1", "localhost", "[::1]"])
+@pytest.mark.parametrize("origin_host", ["127.0.0.1", "localhost", "[::1]", "LOCALHOST"])
+async def test_a_loopback_public_url_accepts_its_loopback_aliases_on_the_same_port(
+    start_sidecar: SidecarFactory, echo: tuple[EchoBackend, str], public_host: str, origin_host: str
+) -> None:
+    # The conformance suite's dns-rebinding-protection scenario, found failing through the sidecar only:
+    # a sidecar published as http://127.0.0.1:8080 refused a browser page at http://localhost:8080 (403) while
+    # the SDK server behind it accepts every loopback name. Those names are one machine and one port, so no
+    # rebinding is possible between them; a foreign name or another port stays refused.
+    _, upstream = echo
+    client = await start_sidecar(upstream, public_url=f"http://{public_host}:8080")
+    resp = await client.post("/mcp", headers={**AUTH, "Origin": f"http://{origin_host}:8080"}, data=b"{}")
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == f"http://{origin_host}:8080"
+    for foreign in (f"http://{origin_host}:8081", f"https://{origin_host}:8080", "http://127.0.0.2:8080",
+                    "http://localhost.evil.example:8080", "http://evil.example:8080"):  # fmt: skip
+        refused = await client.post("/mcp", headers={**AUTH, "Origin": foreign}, data=b"{}")
+        assert refused.status == 403, foreign
+
+
+async def test_a_public_hostname_gets_no_loopback_aliases(
+    start_sidecar: SidecarFactory, echo: tuple[EchoBackend, str]
+) -> None:
+    _, upstream = echo
+    client = await start_sidecar(upstream)  # public URL https://mcp.example.com
+    for origin in ("http://localhost", "https://localhost", "http://127.0.0.1", "https://127.0.0.1:443"):
+        resp = await client.post("/mcp", headers={**AUTH, "Origin": origin}, data=b"{}")
+        assert resp.status == 403, origin
+
+
 async def test_preflight_is_unauthenticated_204(start_sidecar: SidecarFactory, echo: tuple[EchoBackend, str]) -> None:
     backend, upstream = echo
     client = await start_sidecar(upstream, allowed_origins=[APP_ORIGIN])
