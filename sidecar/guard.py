@@ -192,7 +192,7 @@ class Guard:
         """Decide the request; raises the 400/403/408/413 problem that answers it instead of the backend."""
         subject = ticket.subject = await self._subject_of(identity)
         policy = self._policy
-        if request.method != "POST":
+        if request.method != "POST" and not request.body_exists:
             return  # GET (the server's SSE stream), DELETE (session end): no JSON-RPC message to judge
         length = request.content_length
         if policy is None and (length is None or length > AUDIT_PARSE_BYTES):

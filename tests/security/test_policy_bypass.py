@@ -95,3 +95,14 @@ async def test_a_denied_call_never_reaches_the_backend_in_any_batch(
     resp = await sidecar.post("/mcp", data=body, headers=HEADERS)
     assert resp.status == 403
     assert len(backend.seen) == before
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH", "GET"])
+async def test_a_body_under_another_http_method_is_judged_too(
+    method: str, start_sidecar: SidecarFactory, echo: tuple[EchoBackend, str]
+) -> None:
+    backend, url = echo
+    sidecar = await start_sidecar(url, tool_policy=POLICY)
+    resp = await sidecar.request(method, "/mcp", data=DENIED, headers=HEADERS)
+    assert resp.status == 403
+    assert backend.seen == []
