@@ -40,7 +40,7 @@ from sidecar.mcp_message import (
     tools_list_ids,
 )
 from sidecar.metrics import Metrics
-from sidecar.policy import Call, Caller, Decision, Outcome, Policy, ToolLabels, needed_scopes
+from sidecar.policy import Call, Caller, Decision, Outcome, Policy, needed_scopes
 from sidecar.tokens import scopes_of
 from sidecar.tool_filter import SseFilter, filter_json
 
@@ -163,6 +163,26 @@ class Ticket:
         self.decision = "deny"
         if self.reason is None:
             self.reason = getattr(problem, "reason", None) or problem.error
+
+
+class ToolLabels:
+    """Maps tool names to a bounded label set: the first ``limit`` distinct names, then ``other``."""
+
+    def __init__(self, limit: int = 100, max_chars: int = 64) -> None:
+        self._limit = limit
+        self._max_chars = max_chars
+        self._known: dict[str, str] = {}
+
+    def __call__(self, tool: str | None) -> str:
+        if tool is None:
+            return "other"
+        label = self._known.get(tool)
+        if label is not None:
+            return label
+        if len(self._known) >= self._limit or len(tool) > self._max_chars or not tool.isprintable():
+            return "other"
+        self._known[tool] = tool
+        return tool
 
 
 class Guard:

@@ -427,30 +427,6 @@ def compile_policy(
     return Policy(tuple(rules), default == "allow"), []
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Bounded metric labels
-
-
-class ToolLabels:
-    """Maps tool names to a bounded label set: the first ``limit`` distinct names, then ``other``."""
-
-    def __init__(self, limit: int = 100, max_chars: int = 64) -> None:
-        self._limit = limit
-        self._max_chars = max_chars
-        self._known: dict[str, str] = {}
-
-    def __call__(self, tool: str | None) -> str:
-        if tool is None:
-            return "other"
-        label = self._known.get(tool)
-        if label is not None:
-            return label
-        if len(self._known) >= self._limit or len(tool) > self._max_chars or not tool.isprintable():
-            return "other"
-        self._known[tool] = tool
-        return tool
-
-
 def needed_scopes(decisions: Iterable[Decision]) -> tuple[str, ...]:
     """The union of the scopes that the denied messages of one request need (one challenge per request)."""
     out: set[str] = set()

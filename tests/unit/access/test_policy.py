@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, load_settings
-from sidecar.policy import Call, Caller, Outcome, Policy, ToolLabels, claim_matches, compile_policy
+from sidecar.guard import ToolLabels
+from sidecar.policy import Call, Caller, Outcome, Policy, claim_matches, compile_policy
 
 ISSUE_EXAMPLE: list[dict[str, Any]] = [
     {"tools": ["delete_*", "admin.*"], "scopes": ["mcp:admin"]},
