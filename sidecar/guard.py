@@ -40,7 +40,7 @@ from sidecar.mcp_message import (
     tools_list_ids,
 )
 from sidecar.metrics import Metrics
-from sidecar.policy import Call, Caller, Decision, Outcome, Policy, ToolLabels, needed_scopes
+from sidecar.policy import Call, Caller, Decision, Outcome, Policy, needed_scopes
 from sidecar.tokens import scopes_of
 from sidecar.tool_filter import SseFilter, filter_json
 
@@ -165,6 +165,26 @@ class Ticket:
             self.reason = getattr(problem, "reason", None) or problem.error
 
 
+class ToolLabels:
+    """Maps tool names to a bounded label set: the first ``limit`` distinct names, then ``other``."""
+
+    def __init__(self, limit: int = 100, max_chars: int = 64) -> None:
+        self._limit = limit
+        self._max_chars = max_chars
+        self._known: dict[str, str] = {}
+
+    def __call__(self, tool: str | None) -> str:
+        if tool is None:
+            return "other"
+        label = self._known.get(tool)
+        if label is not None:
+            return label
+        if len(self._known) >= self._limit or len(tool) > self._max_chars or not tool.isprintable():
+            return "other"
+        self._known[tool] = tool
+        return tool
+
+
 class Guard:
     def __init__(
         self,
@@ -192,7 +212,7 @@ class Guard:
         """Decide the request; raises the 400/403/408/413 problem that answers it instead of the backend."""
         subject = ticket.subject = await self._subject_of(identity)
         policy = self._policy
-        if request.method != "POST":
+        if request.method != "POST" and not request.body_exists:
             return  # GET (the server's SSE stream), DELETE (session end): no JSON-RPC message to judge
         length = request.content_length
         if policy is None and (length is None or length > AUDIT_PARSE_BYTES):

@@ -139,9 +139,9 @@ class Policy:
 
     * the rules that select a (method, tool) pair (tool names come from clients: bounded, evicted oldest-first);
     * the CEL activation of a caller's claims with one (method, tool), for conditions that do not read
-      ``mcp.params``: converting claims into CEL values costs ~25 µs, evaluating a compiled program ~1 µs. The
-      key is the claims object itself (the authenticators cache it per token), held strongly so its identity
-      cannot be reused while it is cached.
+      ``mcp.params`` (converting claims into CEL values costs ~25 µs, evaluating a compiled program ~1 µs), and
+      the whole decision when no selected rule reads ``mcp.params``. The key is the claims object itself (the
+      authenticators cache it per token), held strongly so its identity cannot be reused while it is cached.
     """
 
     def __init__(self, rules: tuple[Rule, ...], default_allow: bool) -> None:
@@ -150,6 +150,7 @@ class Policy:
         self.has_conditions = any(r.when is not None for r in rules)
         self._selected: dict[tuple[str, str | None], tuple[Rule, ...]] = {}
         self._contexts: dict[tuple[int, str, str | None], tuple[Mapping[str, Any], Any]] = {}
+        self._decisions: dict[tuple[int, str, str | None], tuple[Mapping[str, Any], frozenset[str], Decision]] = {}
 
     def _rules_for(self, call: Call) -> tuple[Rule, ...]:
         key = (call.method, call.tool)
@@ -177,6 +178,20 @@ class Policy:
         rules = self._rules_for(call)
         if not rules:
             return ALLOWED_BY_DEFAULT if self.default_allow else DENIED_BY_DEFAULT
+        if any(r.when is not None and r.when.reads_params for r in rules):
+            return self._decide(caller, call, rules)
+        # Nothing here reads the params: the decision depends on the caller and (method, tool) only.
+        key = (id(caller.claims), call.method, call.tool)
+        hit = self._decisions.get(key)
+        if hit is not None and hit[0] is caller.claims and hit[1] == caller.scopes:
+            return hit[2]
+        decision = self._decide(caller, call, rules)
+        if len(self._decisions) >= CONTEXT_CACHE_ENTRIES:
+            self._decisions.pop(next(iter(self._decisions)))
+        self._decisions[key] = (caller.claims, caller.scopes, decision)
+        return decision
+
+    def _decide(self, caller: Caller, call: Call, rules: tuple[Rule, ...]) -> Decision:
         short = False
         for rule in rules:
             if not rule.scopes <= caller.scopes:
@@ -410,30 +425,6 @@ def compile_policy(
     if not rules and default == "allow":
         return None, []
     return Policy(tuple(rules), default == "allow"), []
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Bounded metric labels
-
-
-class ToolLabels:
-    """Maps tool names to a bounded label set: the first ``limit`` distinct names, then ``other``."""
-
-    def __init__(self, limit: int = 100, max_chars: int = 64) -> None:
-        self._limit = limit
-        self._max_chars = max_chars
-        self._known: dict[str, str] = {}
-
-    def __call__(self, tool: str | None) -> str:
-        if tool is None:
-            return "other"
-        label = self._known.get(tool)
-        if label is not None:
-            return label
-        if len(self._known) >= self._limit or len(tool) > self._max_chars or not tool.isprintable():
-            return "other"
-        self._known[tool] = tool
-        return tool
 
 
 def needed_scopes(decisions: Iterable[Decision]) -> tuple[str, ...]:

@@ -5,8 +5,9 @@ on all incoming connections") -> bearer check (every method, ``tools/list`` incl
 resolution (broker) -> header policy -> backend exchange, streamed both ways.
 
 What the relay never does: parse the JSON-RPC body (a 2026-07-28 server rejects a request whose ``Mcp-Method``
-header disagrees with its body, so neither is touched), store cookies, buffer an unsized or large body, or put
-a read timeout on a response body (SSE streams may idle for hours between ``:`` keep-alives).
+header disagrees with its body, so neither is touched; only a configured tool policy or audit trail reads it,
+through :mod:`sidecar.guard`, and still forwards it byte for byte), store cookies, buffer an unsized or large
+body, or put a read timeout on a response body (SSE streams may idle for hours between ``:`` keep-alives).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Fixtures for attack tests: an h11-parsed backend and the real sidecar in front of it (the relay, issue 11);
-the OAuth integration pieces with a memory store (the front door, issue 12)."""
+the OAuth integration pieces with a memory store (the front door, issue 12); the gate's echo backend and
+production-like sidecar (tool policy bypass attempts, issue 15)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sidecar.config import Settings
 from sidecar.crypto import KeyRing
 from sidecar.metrics import Metrics
 from sidecar.store.memory import MemoryTokenStore
+from tests.integration.gate.conftest import echo, start_backend, start_sidecar  # noqa: F401
 from tests.integration.gate.helpers import PUBLIC, RUNNER
 from tests.integration.oauth.conftest import browser, cimd_server, client, http, sidecar  # noqa: F401
 from tests.support.backends import serve

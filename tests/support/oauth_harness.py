@@ -169,6 +169,7 @@ class Browser:
     decision: str = "approve"
     cookies: dict[str, str] = field(default_factory=dict)
     consent_pages: int = 0
+    consent_texts: list[str] = field(default_factory=list)  # the consent pages shown, in order
     session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Browser:
@@ -221,6 +222,7 @@ class Browser:
         for _ in range(10):
             if step.status == 200 and "consent_id" in step.text:
                 self.consent_pages += 1
+                self.consent_texts.append(step.text)
                 step = await self.answer(self.consent_form(step))
                 continue
             if step.status in (302, 303):

@@ -57,6 +57,7 @@ async def test_sdk_client_steps_up_to_the_scope_a_tool_needs(
             assert "".join(getattr(b, "text", "") for b in result.content) == "5"
             assert user.logins == 2
             assert browser.consent_pages == 2  # the new scope was put to the user again
+            assert "mcp:math" not in browser.consent_texts[0] and "mcp:math" in browser.consent_texts[1]
             second = storage.tokens
             assert second is not None and "mcp:math" in (second.scope or "").split()
             assert {"openid", "mcp:math"} <= set((second.scope or "").split())  # the old scopes are kept

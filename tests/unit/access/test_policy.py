@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidecar.config import ConfigError, load_settings
-from sidecar.policy import Call, Caller, Outcome, Policy, ToolLabels, claim_matches, compile_policy
+from sidecar.guard import ToolLabels
+from sidecar.policy import Call, Caller, Outcome, Policy, claim_matches, compile_policy
 
 ISSUE_EXAMPLE: list[dict[str, Any]] = [
     {"tools": ["delete_*", "admin.*"], "scopes": ["mcp:admin"]},
@@ -216,3 +217,20 @@ def test_any_glob_either_compiles_or_is_reported(glob: str, tool: str) -> None:
     assert (policy is None) == bool(problems)
     if policy is not None:
         policy.decide(caller(""), call(tool))  # never raises
+
+
+def test_check_config_command_prints_every_policy_problem(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from sidecar.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "upstream: http://127.0.0.1:9\npublic_url: https://m.example\naudit_log: off\n"
+        "tool_policy:\n  - tools: ['[x']\n    scope: [a]\n  - {}\n  - methods: ['*']\n    when: 'size(jwt.x) >'\n"
+    )
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "4 configuration problem(s)" in err
+    for text in ("rule 1: unknown key 'scope'", "rule 1: bad glob", "rule 2: empty selector", "rule 3: the CEL"):
+        assert text in err
+    path.write_text("upstream: http://127.0.0.1:9\npublic_url: https://m.example\naudit_log: off\n")
+    assert main(["check-config", "--config", str(path)]) == 0  # YAML's bare `off` is the setting's off
