@@ -43,6 +43,13 @@ DEFAULT_IDP_TIMEOUT_SECONDS = 10.0
 # Retry-After for a 503 caused by the IdP: long enough not to hammer a struggling IdP, short for users.
 IDP_RETRY_AFTER_SECONDS = 5
 STORE_RETRY_AFTER_SECONDS = 2
+# A refreshed credential the IdP has already rotated exists only in this process until it is written: on a store
+# error the write is retried (the lock is still held) for this long at most, which rides out a Sentinel or
+# Cluster failover (seconds), before the rotation is given up for lost. The lock TTL bounds it as well.
+ROTATED_WRITE_RETRY_SECONDS = 10.0
+ROTATED_WRITE_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8)
+# The retries stop this long before the refresh lock would expire, so no other replica refreshes meanwhile.
+LOCK_MARGIN_SECONDS = 1.0
 # Distinct grants whose decrypted credentials are remembered in-process; evicted oldest-first.
 CACHE_ENTRIES = 10_000
 
@@ -229,7 +236,25 @@ class CredentialBroker:
                     retry_after=IDP_RETRY_AFTER_SECONDS,
                 )
 
+    async def _write_rotated(
+        self, grant_id: str, generation: int, new: UpstreamCredentials, locked_at: float
+    ) -> bool:
+        """compare_and_set_upstream, retried through a short store outage while the refresh lock still holds."""
+        deadline = locked_at + min(ROTATED_WRITE_RETRY_SECONDS, self._lock_seconds - LOCK_MARGIN_SECONDS)
+        attempt = 0
+        while True:
+            try:
+                return await self._store.compare_and_set_upstream(grant_id, generation, new)
+            except StoreUnavailable:
+                pause = ROTATED_WRITE_BACKOFF_SECONDS[min(attempt, len(ROTATED_WRITE_BACKOFF_SECONDS) - 1)]
+                if time.monotonic() + pause > deadline:
+                    raise
+                self._metrics.store_errors.labels("compare_and_set").inc()
+                attempt += 1
+                await asyncio.sleep(pause)
+
     async def _refresh_locked(self, grant_id: str) -> Grant:
+        started = time.monotonic()
         grant = await self._read(grant_id)  # re-read under the lock: another replica may have written
         now = self._clock()
         if grant is None:
@@ -267,7 +292,7 @@ class CredentialBroker:
             return self._fallback(grant, now, f"the IdP is unavailable ({type(exc).__name__})")
         new = merged_credentials(creds, tokens, id_exp)
         try:
-            written = await self._store.compare_and_set_upstream(grant_id, grant.generation, new)
+            written = await self._write_rotated(grant_id, grant.generation, new, started)
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("compare_and_set").inc()
             # The IdP may have rotated the refresh token we could not save: the next refresh may fail with
