@@ -27,9 +27,9 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
@@ -90,6 +90,10 @@ REDIS_RETRY_BACKOFF_CAP_SECONDS: Final = 0.1
 DELETE_BATCH: Final = 256
 # A grant being deleted accepts no new tokens, so deletion converges; this bound only guards against a bug.
 MAX_DELETE_PASSES: Final = 10_000
+# Connections to Redis per process (standalone and Sentinel). redis-py's own default pool refuses the 101st
+# concurrent command outright ("Too many connections", a 503 for that request); this pool lets a command wait
+# for a free connection instead, up to redis_timeout_seconds, and allows enough for a thousand requests in flight.
+REDIS_MAX_CONNECTIONS: Final = 256
 # WAIT after a rotation (``redis_min_replica_acks``): how long a replica's acknowledgement is awaited at most.
 # Replicas acknowledge every second on their own and at once on a WAIT (REPLCONF GETACK), so a healthy one
 # answers in a round trip; the bound only caps what a dead replica costs the request, and stays below the
@@ -638,6 +642,10 @@ def _nodes(entries: Sequence[str]) -> list[tuple[str, int]]:
     return [parse_host_port(entry) for entry in entries]
 
 
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinel-managed pool (finds the current master) with the blocking pool's wait for a free connection."""
+
+
 def build_client(settings: Settings) -> RedisClient:
     """A redis-py asyncio client for ``redis_mode`` (standalone URL, Sentinel or Cluster).
 
@@ -670,7 +678,14 @@ def build_client(settings: Settings) -> RedisClient:
         sentinel = Sentinel(
             _nodes(settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs, ssl=settings.redis_tls, **common
         )
-        return cast(Redis, sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis))
+        master = sentinel.master_for(
+            settings.redis_sentinel_master,
+            redis_class=Redis,
+            connection_pool_class=_SentinelBlockingPool,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=settings.redis_timeout_seconds,
+        )
+        return cast(Redis, master)
     if settings.redis_url is None:
         raise ValueError("redis_url is required with redis_mode: standalone")
     url = settings.redis_url.get_secret_value()
@@ -678,7 +693,9 @@ def build_client(settings: Settings) -> RedisClient:
         url = "rediss://" + url[len("redis://") :]
     # redis-py lets URL options win over keyword arguments; an explicit redis_password must win instead.
     options = {**parse_url(url), **common}
-    return Redis.from_pool(ConnectionPool(**options))
+    pool = BlockingConnectionPool(max_connections=REDIS_MAX_CONNECTIONS, timeout=settings.redis_timeout_seconds,
+                                  **options)  # fmt: skip
+    return Redis.from_pool(pool)
 
 
 def connect(
