@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC   := $(UV) sync --locked --all-extras --quiet
 
 .PHONY: run test test-fast unit integration chart lint typecheck bench bench-quick clean redis-server \
-        lock lock-check outdated
+        lock lock-check outdated test-reliability soak image
 
 $(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,18 @@ redis-server:
 	  || echo "warning: could not install redis-server; the real-Redis tests will say so"; }
 
 test: $(STAMP) redis-server lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/reliability
+
+# Faults injected into real processes (restarts, Redis failovers, IdP outages), about 3 minutes; CI runs it after
+# `make test`. Prints the figures of the README's Reliability table (also written to $$RELIABILITY_FIGURES if set).
+test-reliability: $(STAMP) redis-server
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/reliability
+
+# Long run through one sidecar (not in CI): SOAK_REQUESTS (default 1,000,000) mixed JSON/SSE broker requests;
+# RSS, open file descriptors and p99 latency at the start vs the end.
+SOAK_REQUESTS ?= 1000000
+soak: $(STAMP) redis-server
+	$(PY) -m tests.reliability.soak --requests $(SOAK_REQUESTS)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

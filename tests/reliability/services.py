@@ -171,7 +171,18 @@ async def handle(request):
         await asyncio.sleep(delay)
     return web.json_response({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}})
 
+async def sse(request):
+    await request.read()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    for n in range(3):
+        await resp.write(b'id: %d\\nevent: message\\ndata: {"jsonrpc":"2.0","method":"notifications/progress"}\\n\\n' % n)
+    await resp.write(b'id: 3\\nevent: message\\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\\n\\n')
+    await resp.write_eof()
+    return resp
+
 app = web.Application()
+app.router.add_route("*", "/sse", sse)
 app.router.add_route("*", "/{tail:.*}", handle)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None, reuse_address=True)
 """
