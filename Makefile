@@ -52,6 +52,13 @@ SOAK_REQUESTS ?= 1000000
 soak: $(STAMP) redis-server
 	$(PY) -m tests.reliability.soak --requests $(SOAK_REQUESTS)
 
+# Build the Dockerfile with buildah on a debootstrap'ed minimal Debian, then run the image (non-root, read-only
+# root filesystem): check-config, keygen, serve + a request. Needs root; installs debootstrap and buildah via apt.
+image:
+	@command -v buildah >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap buildah >/dev/null)
+	scripts/image.sh
+
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
 
