@@ -46,7 +46,8 @@ RUN if [ -n "$BUILD_PACKAGES" ]; then \
 ENV UV_PROJECT_ENVIRONMENT=/opt/venv \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
-    UV_PYTHON_DOWNLOADS=never
+    UV_PYTHON_DOWNLOADS=never \
+    UV_SYSTEM_CERTS=1
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src

@@ -97,7 +97,12 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer opaque-t
 [ "$code" = 200 ] || { echo "request through the sidecar answered $code" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
 [ "$code" = 401 ] || { echo "request without a token answered $code" >&2; exit 1; }
-child=$(pgrep -P "$sidecar_pid" | head -1)  # unshare forked it; it exec'd chroot, env, then the sidecar
+# The job is a subshell -> unshare -> the sidecar (sh, chroot and env exec'd into it): find it among the descendants.
+child=""
+for _ in 1 2 3; do
+  for pid in $(pgrep -P "${child:-$sidecar_pid}"); do child=$pid; done
+  grep -q "mcp-auth-sidecar" "/proc/$child/cmdline" 2>/dev/null && break
+done
 owner=$(ps -o uid= -p "$child" | tr -d ' ')
 [ "$owner" = 10001 ] || { echo "the sidecar runs as uid $owner" >&2; exit 1; }
 kill -TERM "$child"

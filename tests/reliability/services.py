@@ -176,7 +176,8 @@ async def sse(request):
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     for n in range(3):
-        await resp.write(b'id: %d\\nevent: message\\ndata: {"jsonrpc":"2.0","method":"notifications/progress"}\\n\\n' % n)
+        event = b'id: %d\\nevent: message\\ndata: {"jsonrpc":"2.0","method":"notifications/progress"}\\n\\n'
+        await resp.write(event % n)
     await resp.write(b'id: 3\\nevent: message\\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\\n\\n')
     await resp.write_eof()
     return resp
