@@ -39,12 +39,12 @@ redis-server:
 	  || echo "warning: could not install redis-server; the real-Redis tests will say so"; }
 
 test: $(STAMP) redis-server lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/reliability
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/reliability --ignore=tests/image
 
 # Faults injected into real processes (restarts, Redis failovers, IdP outages), about 3 minutes; CI runs it after
 # `make test`. Prints the figures of the README's Reliability table (also written to $$RELIABILITY_FIGURES if set).
 test-reliability: $(STAMP) redis-server
-	$(PY) -m pytest -q -p no:cacheprovider -s tests/reliability
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/reliability tests/image
 
 # Long run through one sidecar (not in CI): SOAK_REQUESTS (default 1,000,000) mixed JSON/SSE broker requests;
 # RSS, open file descriptors and p99 latency at the start vs the end.

@@ -35,10 +35,11 @@ fi
 
 # 2. The Dockerfile on that base. The host's CA bundle is mounted read-only into the RUN steps that reach PyPI.
 say "build $TAG from the Dockerfile (BASE_IMAGE=$BASE)"
-"${BUILDAH[@]}" build --isolation chroot --layers=false \
+"${BUILDAH[@]}" build --isolation chroot --layers=false --format docker \
   --build-arg BASE_IMAGE="$BASE" --build-arg BUILD_PACKAGES= \
   -v /etc/ssl/certs:/etc/ssl/certs:ro \
   -t "$TAG" .
+"${BUILDAH[@]}" rmi --prune >/dev/null 2>&1 || true  # the previous build, now untagged (vfs keeps full copies)
 
 # 3. Run it: the image's root filesystem, mounted read-only, entered as uid 10001 (chroot + unshare).
 ctr=$("${BUILDAH[@]}" from "$TAG")
@@ -97,12 +98,9 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer opaque-t
 [ "$code" = 200 ] || { echo "request through the sidecar answered $code" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
 [ "$code" = 401 ] || { echo "request without a token answered $code" >&2; exit 1; }
-# The job is a subshell -> unshare -> the sidecar (sh, chroot and env exec'd into it): find it among the descendants.
-child=""
-for _ in 1 2 3; do
-  for pid in $(pgrep -P "${child:-$sidecar_pid}"); do child=$pid; done
-  grep -q "mcp-auth-sidecar" "/proc/$child/cmdline" 2>/dev/null && break
-done
+# The job is a subshell -> unshare -> the sidecar (sh, chroot and env exec'd into it): the leaf of that chain.
+child=$sidecar_pid
+while next=$(pgrep -P "$child" | head -1) && [ -n "$next" ]; do child=$next; done
 owner=$(ps -o uid= -p "$child" | tr -d ' ')
 [ "$owner" = 10001 ] || { echo "the sidecar runs as uid $owner" >&2; exit 1; }
 kill -TERM "$child"
