@@ -53,8 +53,8 @@ async def test_backend_restart_costs_only_the_requests_in_flight(tmp_path: Path)
     failed = tally.failed()
     assert set(tally.statuses) <= {"200", "502"}, tally.summary()  # never a 500, never a hang
     assert failed > 0, tally.summary()  # the fault really hit requests
-    # Every 502 falls between the kill and the new process listening (plus a request's own duration).
-    assert all(killed <= at <= back + 0.5 for at, _ in errors_at), [round(at - back, 3) for at, _ in errors_at]
+    # Every 502 falls between the kill and the new process listening (plus slack for a loaded machine).
+    assert all(killed <= at <= back + 2.0 for at, _ in errors_at), [round(at - back, 3) for at, _ in errors_at]
     assert all("bad_gateway" in body for _, body in errors_at)
     recovered = (tally.last_failure or back) - killed
     in_flight = sum(1 for began in started_at if began < killed)

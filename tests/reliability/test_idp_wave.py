@@ -107,8 +107,9 @@ async def test_refresh_wave_with_the_idp_slow_then_down_then_back(tmp_path: Path
             assert slow == {503: GRANTS}, slow
             assert slow_missing == 0
             assert slow_peak <= CONCURRENCY  # bounded
-            # Each slot is held at most idp_timeout_seconds and a waiter gives up after as long: two rounds.
-            assert slow_calls <= 2 * CONCURRENCY + 2, slow_calls
+            # Each slot is held at most idp_timeout_seconds and a waiter gives up after as long: two rounds of
+            # calls, three or four when the wave itself takes seconds to arrive (a loaded machine). Never 1,000.
+            assert slow_calls <= 4 * CONCURRENCY, slow_calls
             assert slow_took < 2 * IDP_TIMEOUT + 10, slow_took  # the bound, plus a loaded machine
             assert idp.rotations == 0  # the IdP decided nothing for the requests the sidecar abandoned
 

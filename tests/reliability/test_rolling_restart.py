@@ -20,7 +20,7 @@ from tests.support.jwt_tokens import valid
 # The balancer re-reads readiness this often (kube-proxy and ingress controllers take longer, which is what
 # shutdown_delay_seconds is for).
 PROBE_SECONDS = 0.05
-DELAY_SECONDS = 0.5
+DELAY_SECONDS = 1.0
 
 
 class Balancer:
