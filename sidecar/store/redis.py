@@ -236,6 +236,14 @@ if left == 0 then redis.call('DEL', KEYS[2]) end
 return {existed, left}
 """
 
+# KEYS: grant. A write that changes nothing (the TTL set to what is left of it) but enters the replication stream:
+# what WAIT on a cluster node's connection measures (see RedisTokenStore._cluster_acks).
+_LUA_TTL_TO_ITSELF = """
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then redis.call('PEXPIRE', KEYS[1], left) end
+return left
+"""
+
 # KEYS: lock   ARGV: owner. Release only the holder's lock (DESIGN §7.3).
 _LUA_RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -300,6 +308,20 @@ class RedisTokenStore:
     async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return await script(keys=list(keys), args=list(args))
 
+    @staticmethod
+    async def _cluster_acks(client: RedisCluster, key: str, wait: tuple[str, int, int]) -> object:
+        """WAIT on the node owning ``key``: a master's replication stream is ordered, so a replica that has
+        acknowledged this connection's no-op write (the key's TTL set to itself) holds every write before it."""
+        node = client.get_node_from_key(key)
+        if node is None:
+            return None
+        commands = [PipelineCommand(0, "EVAL", _LUA_TTL_TO_ITSELF, 1, key), PipelineCommand(1, *wait)]
+        try:
+            await node.execute_pipeline(commands)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            return exc  # the node is going away: counted as a missing acknowledgement, the write stands
+        return commands[1].result
+
     async def _run_acked(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run a write script, then ``WAIT`` until ``min_replica_acks`` replicas hold it.
 
@@ -313,17 +335,12 @@ class RedisTokenStore:
             return await self._run(script, keys, args)
         client = self._client
         wait = ("WAIT", self._min_acks, self._ack_timeout_ms)
+        acks: object
         if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(keys[0])
-            if node is None:
-                raise RedisClusterException("no node serves the grant's hash slot")
-            # EVAL, not EVALSHA: a replica promoted a moment ago has an empty script cache.
-            commands = [
-                PipelineCommand(0, "EVAL", script.script, len(keys), *keys, *args),
-                PipelineCommand(1, *wait),
-            ]
-            await node.execute_pipeline(commands)
-            result, acks = commands[0].result, commands[1].result
+            # The write takes the client's own path (redirections, topology refresh after a failover); the
+            # acknowledgement is then asked for on the slot owner's connection, after a write of its own there.
+            result = await self._run(script, keys, args)
+            acks = await self._cluster_acks(client, keys[0], wait)
         else:
             pipe = client.pipeline(transaction=False)
             await script(keys=list(keys), args=list(args), client=pipe)

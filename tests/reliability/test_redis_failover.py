@@ -108,8 +108,9 @@ async def run_failover(tmp_path: Path, deployment: Deployment, name: str) -> Non
     await backend.start()
     keys, prefix = new_keys(), random_prefix()
     redis_settings = {k: v for k, v in deployment.settings.items()}
+    # The refresh lock (8 s) outlasts the switch: a rotated token is written through it (ROTATED_WRITE_RETRY_SECONDS).
     env = broker_env(idp, keys, prefix, refresh_skew_seconds=0, redis_timeout_seconds=1, idp_timeout_seconds=2,
-                     refresh_lock_seconds=4, **redis_settings)  # fmt: skip
+                     refresh_lock_seconds=8, **redis_settings)  # fmt: skip
     settings = Settings.model_validate({"store": "redis", "key_prefix": prefix, **redis_settings})
     store = open_store(settings, KeyRing.from_setting(keys))
     sidecar = Sidecar(backend.url, env, log_dir=tmp_path)
