@@ -22,24 +22,26 @@
 #     --entrypoint mcp-auth-sidecar mcp-auth-sidecar:0.1.0 check-config --config /etc/mcp-auth-sidecar/config.yaml
 
 ARG PYTHON_VERSION=3.12
-# Any Debian-like base with python3 (as `python`), pip and venv will do; `make image` builds on a minimal Debian
-# made with debootstrap (no registry but Debian's needed). The default is the public Python image.
+# Any Debian-like base with python3 (>= 3.11) and its venv module; `make image` builds on a minimal Debian made
+# with debootstrap (python3, python3-venv, python-is-python3) instead of pulling this one.
 ARG BASE_IMAGE=python:${PYTHON_VERSION}-slim
+# Compilers, for platforms without wheels of hiredis/uvloop/cryptography; empty skips apt entirely.
+ARG BUILD_PACKAGES=build-essential
 
 # --- build: compile wheels if a platform lacks them, install into a self-contained virtualenv ---
 FROM ${BASE_IMAGE} AS build
+ARG BUILD_PACKAGES
 
-# PIP_BREAK_SYSTEM_PACKAGES: a distribution's Python marks itself externally managed (PEP 668); pip only
-# installs uv here, into a build stage that is thrown away.
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_BREAK_SYSTEM_PACKAGES=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Compilers only here: hiredis, uvloop and cryptography ship wheels for amd64/arm64, but not for
 # every platform buildx may target.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
- && rm -rf /var/lib/apt/lists/*
+RUN if [ -n "$BUILD_PACKAGES" ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends $BUILD_PACKAGES \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 # UV_SYSTEM_CERTS: trust the build's system certificate store (a corporate proxy's root mounted at
 # /etc/ssl/certs is honoured), as pip and apt do.
@@ -58,8 +60,10 @@ COPY sidecar ./sidecar
 # `fast` adds uvloop; `--no-dev` leaves out the repository's tools (uv itself); `--no-editable` makes a plain
 # install, so the final image needs no source tree. Bytecode is compiled here (UV_COMPILE_BYTECODE) because
 # the root filesystem is read-only at run time.
-RUN python -m pip install "uv==$(python -c 'import tomllib; print(next(p["version"] for p in tomllib.load(open("uv.lock","rb"))["package"] if p["name"] == "uv"))')" \
- && python -m uv sync --locked --no-dev --no-editable --extra fast \
+# uv goes into a virtualenv of its own: a distribution's python refuses pip installs into itself (PEP 668).
+RUN python -m venv /opt/uv \
+ && /opt/uv/bin/pip install --quiet "uv==$(python -c 'import tomllib; print(next(p["version"] for p in tomllib.load(open("uv.lock","rb"))["package"] if p["name"] == "uv"))')" \
+ && /opt/uv/bin/uv sync --locked --no-dev --no-editable --extra fast \
  && /opt/venv/bin/mcp-auth-sidecar --version
 
 # --- runtime: the slim base, the virtualenv, an unprivileged user; no compilers, no pip ---

@@ -14,7 +14,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 SYNC   := $(UV) sync --locked --all-extras --quiet
 
 .PHONY: run test test-fast unit integration chart lint typecheck bench bench-quick clean redis-server \
-        chromium js-deps lock lock-check outdated image conformance
+        chromium js-deps lock lock-check outdated image conformance test-reliability soak
 
 $(UV):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,7 +58,19 @@ chromium:
 	  || echo "warning: could not install chromium; the browser tests will say so"; }
 
 test: $(STAMP) redis-server js-deps chromium lint typecheck
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/reliability --ignore=tests/image
+
+# Faults injected into real processes (restarts, Redis failovers, IdP outages), about 3 minutes; CI runs it after
+# `make test`. Prints the figures of the README's Reliability table (also written to $$RELIABILITY_FIGURES if set).
+test-reliability: $(STAMP) redis-server
+	$(PY) -m pytest -q -p no:cacheprovider -s tests/reliability tests/image
+
+# Long run through one sidecar (not in CI): SOAK_REQUESTS (default 1,000,000) mixed JSON/SSE broker requests;
+# RSS, open file descriptors and p99 latency at the start vs the end.
+SOAK_REQUESTS ?= 1000000
+soak: $(STAMP) redis-server
+	$(PY) -m tests.reliability.soak --requests $(SOAK_REQUESTS)
+
 
 # The edit loop: everything but the real-thing tests (oidc-provider, TypeScript SDK, Chromium).
 test-fast: $(STAMP) redis-server lint typecheck

@@ -46,6 +46,13 @@ LOCK_POLL_SECONDS = 0.05
 # Defaults of idp_max_concurrency and idp_timeout_seconds (the settings pass their own values).
 DEFAULT_IDP_MAX_CONCURRENCY = 16
 DEFAULT_IDP_TIMEOUT_SECONDS = 10.0
+# A refreshed credential the IdP has already rotated exists only in this process until it is written: on a store
+# error the write is retried (the lock is still held) for this long at most, which rides out a Sentinel or
+# Cluster failover (seconds), before the rotation is given up for lost. The lock TTL bounds it as well.
+ROTATED_WRITE_RETRY_SECONDS = 10.0
+ROTATED_WRITE_BACKOFF_SECONDS = (0.05, 0.1, 0.2, 0.4, 0.8)
+# The retries stop this long before the refresh lock would expire, so no other replica refreshes meanwhile.
+LOCK_MARGIN_SECONDS = 1.0
 # Distinct grants whose decrypted credentials are remembered in-process; evicted oldest-first.
 CACHE_ENTRIES = 10_000
 
@@ -295,7 +302,25 @@ class CredentialBroker:
                     retry_after=IDP_RETRY_AFTER_SECONDS,
                 )
 
+    async def _write_rotated(
+        self, grant_id: str, generation: int, new: UpstreamCredentials, locked_at: float
+    ) -> bool:
+        """compare_and_set_upstream, retried through a short store outage while the refresh lock still holds."""
+        deadline = locked_at + min(ROTATED_WRITE_RETRY_SECONDS, self._lock_seconds - LOCK_MARGIN_SECONDS)
+        attempt = 0
+        while True:
+            try:
+                return await self._store.compare_and_set_upstream(grant_id, generation, new)
+            except StoreUnavailable:
+                pause = ROTATED_WRITE_BACKOFF_SECONDS[min(attempt, len(ROTATED_WRITE_BACKOFF_SECONDS) - 1)]
+                if time.monotonic() + pause > deadline:
+                    raise
+                self._metrics.store_errors.labels("compare_and_set").inc()
+                attempt += 1
+                await asyncio.sleep(pause)
+
     async def _refresh_locked(self, grant_id: str, need: Need, *, access: bool) -> Grant:
+        started = time.monotonic()
         grant = await self._read(grant_id)  # re-read under the lock: another replica may have written
         now = self._clock()
         if grant is None:
@@ -333,7 +358,7 @@ class CredentialBroker:
         # anything else can fail. Reusing a consumed refresh token looks like theft to a rotating IdP, which
         # then revokes the whole grant. The new ID token is adopted only once it verifies (second write).
         rotated = merged_credentials(creds, tokens, issued_at=now)
-        written = await self._write(grant, rotated)
+        written = await self._write(grant, rotated, locked_at=started)
         self._metrics.upstream_refreshes.labels("refreshed").inc()
         self._record(grant, "ok")
         if written is None:
@@ -363,10 +388,14 @@ class CredentialBroker:
             return written  # the rotated tokens are safe; the new id_token is fetched again next time
         return final if final is not None else written
 
-    async def _write(self, grant: Grant, new: UpstreamCredentials) -> Grant | None:
-        """Compare-and-set the upstream credentials; the grant as written, or ``None`` when another wrote."""
+    async def _write(self, grant: Grant, new: UpstreamCredentials, *, locked_at: float | None = None) -> Grant | None:
+        """Compare-and-set the upstream credentials; the grant as written, or ``None`` when another wrote. With
+        ``locked_at`` (the IdP has just rotated) a store error is retried while the refresh lock still holds."""
         try:
-            written = await self._store.compare_and_set_upstream(grant.grant_id, grant.generation, new)
+            if locked_at is None:
+                written = await self._store.compare_and_set_upstream(grant.grant_id, grant.generation, new)
+            else:
+                written = await self._write_rotated(grant.grant_id, grant.generation, new, locked_at)
         except StoreUnavailable as exc:
             self._metrics.store_errors.labels("compare_and_set").inc()
             # The IdP may have rotated the refresh token we could not save: the next refresh may fail with

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 TAG="${1:-localhost/mcp-auth-sidecar:dev}"
-BASE_TAG="localhost/mcp-auth-sidecar-base:bookworm"
+BASE_TAG="localhost/mcp-auth-sidecar-base:${DEBIAN_SUITE:-bookworm}-venv"
 SUITE="${DEBIAN_SUITE:-bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 CACHE="build/image"
@@ -27,10 +27,10 @@ done
 
 mkdir -p "$CACHE"
 if [ ! -s "$CACHE/rootfs.tar" ]; then
-  echo "debootstrap: a minimal Debian $SUITE with python3, pip and venv"
+  echo "debootstrap: a minimal Debian $SUITE with python3 and venv"
   rm -rf "$CACHE/rootfs"
   debootstrap --variant=minbase \
-    --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
+    --include=python3,python3-venv,python-is-python3,ca-certificates \
     "$SUITE" "$CACHE/rootfs" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
     || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
   rm -rf "$CACHE"/rootfs/var/cache/apt/archives/*.deb "$CACHE"/rootfs/var/lib/apt/lists/*
@@ -50,9 +50,10 @@ if ! buildah inspect --type image "$BASE_TAG" >/dev/null 2>&1; then
 fi
 
 echo "buildah: building the Dockerfile on $BASE_TAG as $TAG"
-# The machine's CA bundle is mounted into the build steps that reach the package registries.
+# The machine's CA bundle is mounted into the build steps that reach the package registries. Every package has
+# a wheel for this machine, so no compilers (BUILD_PACKAGES empty).
 buildah bud --layers=false --format docker \
-  --build-arg BASE_IMAGE="$BASE_TAG" \
+  --build-arg BASE_IMAGE="$BASE_TAG" --build-arg BUILD_PACKAGES= \
   -v /etc/ssl/certs:/etc/ssl/certs:ro \
   -t "$TAG" . >"$CACHE/build.log" 2>&1 || { tail -30 "$CACHE/build.log"; exit 1; }
 buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$TAG"

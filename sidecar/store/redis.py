@@ -26,9 +26,9 @@ from typing import Any, Final, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.asyncio.connection import ConnectionPool, parse_url
+from redis.asyncio.connection import BlockingConnectionPool, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
@@ -95,6 +95,10 @@ REDIS_RETRY_BACKOFF_CAP_SECONDS: Final = 0.1
 DELETE_BATCH: Final = 256
 # A grant being deleted accepts no new tokens, so deletion converges; this bound only guards against a bug.
 MAX_DELETE_PASSES: Final = 10_000
+# Connections to Redis per process (standalone and Sentinel). redis-py's own default pool refuses the 101st
+# concurrent command outright ("Too many connections", a 503 for that request); this pool lets a command wait
+# for a free connection instead, up to redis_timeout_seconds, and allows enough for a thousand requests in flight.
+REDIS_MAX_CONNECTIONS: Final = 256
 # WAIT after a rotation (``redis_min_replica_acks``): how long a replica's acknowledgement is awaited at most.
 # Replicas acknowledge every second on their own and at once on a WAIT (REPLCONF GETACK), so a healthy one
 # answers in a round trip; the bound only caps what a dead replica costs the request, and stays below the
@@ -242,6 +246,14 @@ if left == 0 then redis.call('DEL', KEYS[2]) end
 return {existed, left}
 """
 
+# KEYS: grant. A write that changes nothing (the TTL set to what is left of it) but enters the replication stream:
+# what WAIT on a cluster node's connection measures (see RedisTokenStore._cluster_acks).
+_LUA_TTL_TO_ITSELF = """
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then redis.call('PEXPIRE', KEYS[1], left) end
+return left
+"""
+
 # KEYS: lock   ARGV: owner. Release only the holder's lock (DESIGN §7.3).
 # Admit a client registration under the global cap (issue 12).
 # KEYS: registry zset   ARGV: now_ms, deadline_ms ('+inf' = none), max ('' = no cap), client_id
@@ -318,6 +330,20 @@ class RedisTokenStore:
     async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         return await script(keys=list(keys), args=list(args))
 
+    @staticmethod
+    async def _cluster_acks(client: RedisCluster, key: str, wait: tuple[str, int, int]) -> object:
+        """WAIT on the node owning ``key``: a master's replication stream is ordered, so a replica that has
+        acknowledged this connection's no-op write (the key's TTL set to itself) holds every write before it."""
+        node = client.get_node_from_key(key)
+        if node is None:
+            return None
+        commands = [PipelineCommand(0, "EVAL", _LUA_TTL_TO_ITSELF, 1, key), PipelineCommand(1, *wait)]
+        try:
+            await node.execute_pipeline(commands)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            return exc  # the node is going away: counted as a missing acknowledgement, the write stands
+        return commands[1].result
+
     async def _run_acked(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run a write script, then ``WAIT`` until ``min_replica_acks`` replicas hold it.
 
@@ -331,17 +357,12 @@ class RedisTokenStore:
             return await self._run(script, keys, args)
         client = self._client
         wait = ("WAIT", self._min_acks, self._ack_timeout_ms)
+        acks: object
         if isinstance(client, RedisCluster):
-            node = client.get_node_from_key(keys[0])
-            if node is None:
-                raise RedisClusterException("no node serves the grant's hash slot")
-            # EVAL, not EVALSHA: a replica promoted a moment ago has an empty script cache.
-            commands = [
-                PipelineCommand(0, "EVAL", script.script, len(keys), *keys, *args),
-                PipelineCommand(1, *wait),
-            ]
-            await node.execute_pipeline(commands)
-            result, acks = commands[0].result, commands[1].result
+            # The write takes the client's own path (redirections, topology refresh after a failover); the
+            # acknowledgement is then asked for on the slot owner's connection, after a write of its own there.
+            result = await self._run(script, keys, args)
+            acks = await self._cluster_acks(client, keys[0], wait)
         else:
             pipe = client.pipeline(transaction=False)
             await script(keys=list(keys), args=list(args), client=pipe)
@@ -686,6 +707,10 @@ def _nodes(entries: Sequence[str]) -> list[tuple[str, int]]:
     return [parse_host_port(entry) for entry in entries]
 
 
+class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The Sentinel-managed pool (finds the current master) with the blocking pool's wait for a free connection."""
+
+
 def build_client(settings: Settings) -> RedisClient:
     """A redis-py asyncio client for ``redis_mode`` (standalone URL, Sentinel or Cluster).
 
@@ -718,7 +743,14 @@ def build_client(settings: Settings) -> RedisClient:
         sentinel = Sentinel(
             _nodes(settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs, ssl=settings.redis_tls, **common
         )
-        return cast(Redis, sentinel.master_for(settings.redis_sentinel_master, redis_class=Redis))
+        master = sentinel.master_for(
+            settings.redis_sentinel_master,
+            redis_class=Redis,
+            connection_pool_class=_SentinelBlockingPool,
+            max_connections=REDIS_MAX_CONNECTIONS,
+            timeout=settings.redis_timeout_seconds,
+        )
+        return cast(Redis, master)
     if settings.redis_url is None:
         raise ValueError("redis_url is required with redis_mode: standalone")
     url = settings.redis_url.get_secret_value()
@@ -726,7 +758,9 @@ def build_client(settings: Settings) -> RedisClient:
         url = "rediss://" + url[len("redis://") :]
     # redis-py lets URL options win over keyword arguments; an explicit redis_password must win instead.
     options = {**parse_url(url), **common}
-    return Redis.from_pool(ConnectionPool(**options))
+    pool = BlockingConnectionPool(max_connections=REDIS_MAX_CONNECTIONS, timeout=settings.redis_timeout_seconds,
+                                  **options)  # fmt: skip
+    return Redis.from_pool(pool)
 
 
 def connect(

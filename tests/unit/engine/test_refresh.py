@@ -250,3 +250,37 @@ async def test_waiting_past_the_idp_timeout_for_a_slot_is_a_503_not_a_pile_up(st
     kept = await b.current(fresh_enough.grant_id)
     assert kept.upstream.access_token == "up-at-0"
     await asyncio.gather(*blocker, return_exceptions=True)
+
+
+async def test_a_rotated_token_is_written_through_a_short_store_outage(store, monkeypatch) -> None:
+    """The IdP rotated the refresh token: losing the write would lose the grant, so it is retried."""
+    from sidecar.store.base import StoreUnavailable
+
+    idp = ScriptedIdP()
+    grant = await expired_grant(store)
+    real = store.compare_and_set_upstream
+    failures = iter([True, True, False])
+
+    async def flaky(*args: Any, **kwargs: Any) -> bool:
+        if next(failures, False):
+            raise StoreUnavailable("redis compare_and_set_upstream failed (ConnectionError)")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "compare_and_set_upstream", flaky)
+    fresh = await broker(store, idp).current(grant.grant_id)
+    assert idp.calls == 1 and fresh.upstream.access_token == "up-at-1"
+    stored = await store.get_grant(grant.grant_id)
+    assert stored.upstream.refresh_token == "up-rt-1"  # the rotated token survived
+
+
+async def test_a_long_store_outage_after_rotation_is_a_503(store, monkeypatch) -> None:
+    from sidecar.store.base import StoreUnavailable
+
+    grant = await expired_grant(store)
+
+    async def down(*args: Any, **kwargs: Any) -> bool:
+        raise StoreUnavailable("redis compare_and_set_upstream failed (ConnectionError)")
+
+    monkeypatch.setattr(store, "compare_and_set_upstream", down)
+    with pytest.raises(ServiceUnavailable):
+        await broker(store, ScriptedIdP(), lock_seconds=1.5).current(grant.grant_id)
