@@ -111,7 +111,13 @@ class IdPClient:
         self._transport = IdPTransport(session, timeout=timeout)
         self._discovery = Discovery(self._transport, issuer, monotonic=monotonic)
         self._id_tokens = IdTokenVerifier(
-            self._transport, self._discovery, issuer=issuer, client_id=client_id, leeway=leeway, monotonic=monotonic
+            session,
+            self._discovery,
+            issuer=issuer,
+            client_id=client_id,
+            leeway=leeway,
+            timeout=timeout,
+            monotonic=monotonic,
         )
 
     @classmethod

@@ -1,37 +1,29 @@
 """ID token verification (OIDC Core §3.1.3.7) against the provider's signing keys (RFC 7517 §5).
 
-The JWK Set is fetched from the discovery document's ``jwks_uri``, cached for ``JWKS_CACHE_SECONDS``, and
-refetched when a token names an unknown ``kid``, at most once per ``JWKS_REFETCH_MIN_INTERVAL_SECONDS``.
+The JWK Set is read from the discovery document's ``jwks_uri`` through the one key cache of the sidecar
+(``sidecar.keyset.KeySet``, shared with gate mode): cached for ``KEYS_CACHE_SECONDS`` and refetched when a
+token names an unknown ``kid``, at most once per ``KEYS_REFETCH_MIN_INTERVAL_SECONDS``.
 The signature, ``iss``, ``aud``/``azp``, ``exp`` with leeway and ``nonce`` (when one was sent) are checked;
 PyJWT's exceptions become :class:`IdTokenInvalid` here and go no further.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import OKPAlgorithm
 
 from sidecar.idp.discovery import Discovery
 from sidecar.idp.errors import IdPMisconfigured, IdPUnavailable, IdTokenInvalid
-from sidecar.idp.transport import IdPTransport
+from sidecar.idp.transport import DEFAULT_IDP_TIMEOUT_SECONDS
+from sidecar.keyset import KeySet, KeySetInvalid, KeySetUnavailable, SigningKey
 
-log = logging.getLogger("sidecar.idp")
-
-# Providers publish a new signing key well before using it; an hour-old key set is fresh enough, and an
-# unknown ``kid`` triggers an early refetch anyway.
-JWKS_CACHE_SECONDS = 3600.0
-# An unknown ``kid`` refetches the key set at most this often, so tokens with made-up ``kid``s cannot turn
-# into a flood of requests to the IdP.
-JWKS_REFETCH_MIN_INTERVAL_SECONDS = 60.0
 # Clock skew allowed between the IdP and us when checking ``exp``/``iat`` of an ID token.
 DEFAULT_ID_TOKEN_LEEWAY_SECONDS = 60.0
 
@@ -49,89 +41,44 @@ _DECODER._jws.register_algorithm("Ed25519", OKPAlgorithm())
 _REQUIRED_ID_TOKEN_CLAIMS = ["iss", "sub", "aud", "exp", "iat"]
 
 
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    jwk: jwt.PyJWK
-    alg: str | None  # the JWK's own "alg", when it declares one
-
-
 class IdTokenVerifier:
     """Verifies one issuer's ID tokens for one client; ``monotonic`` measures the key set's age."""
 
     def __init__(
         self,
-        transport: IdPTransport,
+        session: aiohttp.ClientSession,
         discovery: Discovery,
         *,
         issuer: str,
         client_id: str,
         leeway: float = DEFAULT_ID_TOKEN_LEEWAY_SECONDS,
+        timeout: float = DEFAULT_IDP_TIMEOUT_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._transport = transport
         self._discovery = discovery
         self._issuer = issuer
         self._client_id = client_id
         self._leeway = leeway
-        self._monotonic = monotonic
-        self._keys: dict[str | None, SigningKey] = {}
-        self._keys_at: float | None = None
-        self._keys_lock = asyncio.Lock()
+        self._keys = KeySet(session, self._jwks_uri, timeout=timeout, follow_redirects=True, monotonic=monotonic)
+
+    async def _jwks_uri(self) -> str:
+        try:
+            return (await self._discovery.get()).jwks_uri
+        except IdPUnavailable as exc:
+            raise KeySetUnavailable(str(exc)) from exc
 
     async def _signing_key(self, kid: str | None) -> SigningKey:
-        now = self._monotonic()
-        if self._keys_at is None or now - self._keys_at >= JWKS_CACHE_SECONDS:
-            try:
-                await self._refresh_keys(expected_at=self._keys_at)
-            except IdPUnavailable as exc:
-                if not self._keys:
-                    raise
-                log.warning("idp key set refetch failed, using the cached keys: %s", exc)
-        key = self._pick_key(kid)
-        fetched_at = self._keys_at
-        if key is None and fetched_at is not None and now - fetched_at >= JWKS_REFETCH_MIN_INTERVAL_SECONDS:
-            # An unknown kid may be a freshly rotated key: refetch, rate-limited.
-            await self._refresh_keys(expected_at=self._keys_at)
-            key = self._pick_key(kid)
+        try:
+            key = await self._keys.key(kid)
+        except KeySetUnavailable as exc:
+            if isinstance(exc.__cause__, IdPUnavailable):
+                raise exc.__cause__ from None  # discovery failed: its own error, as it was
+            if isinstance(exc, KeySetInvalid):
+                raise IdPMisconfigured(f"the IdP's signing keys are unusable: {exc.reason}") from exc
+            raise IdPUnavailable(f"the IdP's signing keys cannot be fetched: {exc.reason}", status=exc.status) from exc
         if key is None:
             raise IdTokenInvalid("no key in the IdP's key set matches the token's kid")
         return key
-
-    def _pick_key(self, kid: str | None) -> SigningKey | None:
-        if kid is not None:
-            return self._keys.get(kid)
-        # OIDC Core §10.1: "If there are multiple keys in the referenced JWK Set document, a kid value MUST
-        # be provided in the JOSE Header." Without one we only accept a set holding a single key.
-        if len(self._keys) == 1:
-            return next(iter(self._keys.values()))
-        return None
-
-    async def _refresh_keys(self, *, expected_at: float | None) -> None:
-        async with self._keys_lock:
-            if self._keys_at != expected_at:
-                return  # another task fetched while we waited for the lock
-            metadata = await self._discovery.get()
-            doc = await self._transport.get_json(metadata.jwks_uri, "jwks")
-            raw_keys = doc.get("keys")
-            if not isinstance(raw_keys, list):
-                raise IdPMisconfigured("the IdP's JWK Set has no 'keys' list")
-            keys: dict[str | None, SigningKey] = {}
-            for raw in raw_keys:
-                if not isinstance(raw, dict) or raw.get("use", "sig") != "sig":
-                    continue
-                try:
-                    # PyJWK does not know RFC 9864's "Ed25519"; the key itself is an ordinary OKP key.
-                    key = jwt.PyJWK(raw, algorithm="EdDSA" if raw.get("alg") == "Ed25519" else None)
-                except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-                    continue  # a key type we cannot use (RFC 7517 §5: ignore it)
-                kid, declared = raw.get("kid"), raw.get("alg")
-                keys[kid if isinstance(kid, str) else None] = SigningKey(
-                    key, declared if isinstance(declared, str) else None
-                )
-            if not keys:
-                raise IdPMisconfigured("the IdP's JWK Set holds no usable signing key")
-            self._keys = keys
-            self._keys_at = self._monotonic()
 
     async def verify(self, id_token: str, nonce: str | None = None) -> dict[str, Any]:
         """Verify an ID token and return its claims; raises :class:`IdTokenInvalid`.

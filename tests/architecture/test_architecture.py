@@ -50,6 +50,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "sidecar.idp.discovery",
             "sidecar.idp.id_token",
             "sidecar.idp.client",
+            "sidecar.keyset",
             "sidecar.jwks",
             "sidecar.store",
         ],
