@@ -6,36 +6,29 @@
   let a public key be used as a shared secret).
 * RFC 7519 §7.2: ``iss`` and ``aud`` are checked when configured.
 
-Keys are fetched once, refreshed in the background of requests when older than ``JWKS_MAX_AGE_SECONDS``, and
-refetched on an unknown ``kid`` at most once per ``JWKS_MIN_REFETCH_SECONDS`` (a flood of tokens with random
-``kid``s must not become a flood of requests to the issuer).
+The keys are held by ``sidecar.keyset.KeySet``, the one key cache the broker's IdP client uses too: fetched
+once, refetched when older than ``KEYS_CACHE_SECONDS``, and on an unknown ``kid`` at most once per
+``KEYS_REFETCH_MIN_INTERVAL_SECONDS`` (a flood of tokens with random ``kid``s must not become a flood of
+requests to the issuer).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 import jwt
 
-from sidecar.bounded import BodyTooLarge, read_bounded
 from sidecar.challenge import InvalidToken, ServiceUnavailable
+from sidecar.keyset import KEYS_FETCH_TIMEOUT_SECONDS, KeySet, KeySetUnavailable
 from sidecar.problems import KEYS_RETRY_AFTER_SECONDS
 
 log = logging.getLogger("sidecar.jwks")
 
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-# Issuers rotate keys with overlap measured in hours; ten minutes keeps a rotated key usable quickly.
-JWKS_MAX_AGE_SECONDS = 600.0
-# An unknown kid triggers a refetch, but no more often than this, so forged kids cannot hammer the issuer.
-JWKS_MIN_REFETCH_SECONDS = 30.0
-# A JWKS endpoint slower than this is treated as down; the request gets 503 + Retry-After when no keys are cached.
-JWKS_FETCH_TIMEOUT_SECONDS = 5.0
-JWKS_MAX_BYTES = 256 * 1024
 
 
 class JwksVerifier:
@@ -48,62 +41,39 @@ class JwksVerifier:
         *,
         issuer: str | None,
         audience: list[str],
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._session = session
         self._url = jwks_url
         self._issuer = issuer
         self._audience = audience or None
-        self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = -1e18
-        self._lock = asyncio.Lock()
+        # A JWKS endpoint slower than the timeout is treated as down: 503 + Retry-After when no keys are cached.
+        self._keys = KeySet(session, jwks_url, timeout=KEYS_FETCH_TIMEOUT_SECONDS, monotonic=clock)
 
     @property
     def ready(self) -> bool:
-        return bool(self._keys)
+        return self._keys.ready
 
     async def _fetch(self) -> None:
-        async with self._lock:
-            if self._clock() - self._fetched_at < JWKS_MIN_REFETCH_SECONDS and self._keys:
-                return
-            self._fetched_at = self._clock()
-            try:
-                timeout = aiohttp.ClientTimeout(total=JWKS_FETCH_TIMEOUT_SECONDS)
-                async with self._session.get(self._url, timeout=timeout, allow_redirects=False) as resp:
-                    if resp.status != 200:
-                        raise ValueError(f"HTTP {resp.status}")
-                    body = await read_bounded(
-                        resp.content,
-                        limit=JWKS_MAX_BYTES,
-                        timeout=JWKS_FETCH_TIMEOUT_SECONDS,
-                        declared=resp.content_length,
-                    )
-                keyset = jwt.PyJWKSet.from_json(body.decode("utf-8"))
-            except (
-                aiohttp.ClientError, TimeoutError, BodyTooLarge, ValueError, UnicodeDecodeError, jwt.PyJWTError
-            ) as exc:
-                log.warning("cannot fetch JWKS", extra={"jwks_url": self._url, "error": type(exc).__name__})
-                return
-            self._keys = {k.key_id or f"#{i}": k for i, k in enumerate(keyset.keys)}
-            log.info("JWKS loaded", extra={"jwks_url": self._url, "keys": len(self._keys)})
+        """Fetch the key set now; a failure is logged and the cached keys (if any) stay."""
+        try:
+            await self._keys.refresh()
+        except KeySetUnavailable as exc:
+            log.warning("cannot fetch JWKS", extra={"jwks_url": self._url, "error": exc.reason})
 
     async def _key_for(self, kid: str | None) -> jwt.PyJWK:
-        if not self._keys or self._clock() - self._fetched_at > JWKS_MAX_AGE_SECONDS:
-            await self._fetch()
-        if not self._keys:
-            raise ServiceUnavailable(
-                "the token issuer's signing keys cannot be fetched right now", retry_after=KEYS_RETRY_AFTER_SECONDS
-            )
-        key = self._keys.get(kid) if kid else None
-        if key is None and kid is not None:
-            await self._fetch()  # rotated keys: refetch (rate-limited)
-            key = self._keys.get(kid)
-        if key is None and kid is None and len(self._keys) == 1:
-            key = next(iter(self._keys.values()))
+        try:
+            key = await self._keys.key(kid)
+        except KeySetUnavailable as exc:
+            log.warning("cannot fetch JWKS", extra={"jwks_url": self._url, "error": exc.reason})
+            if not self._keys.ready:
+                raise ServiceUnavailable(
+                    "the token issuer's signing keys cannot be fetched right now",
+                    retry_after=KEYS_RETRY_AFTER_SECONDS,
+                ) from None
+            key = None  # the refetch for an unknown kid failed: the kid stays unknown
         if key is None:
             raise InvalidToken("the token is signed with an unknown key", reason="bad_signature")
-        return key
+        return key.jwk
 
     async def verify(self, token: str, header: Mapping[str, Any]) -> dict[str, Any]:
         """Return the verified claims or raise :class:`InvalidToken`. ``exp``/``nbf`` are not checked here."""

@@ -7,7 +7,7 @@ Subclasses add only what their surface needs: the Bearer challenge of the proxie
 (:mod:`sidecar.challenge`), ``WWW-Authenticate: Basic`` for ``invalid_client`` (:mod:`sidecar.oauth.errors`).
 
 Third-party exceptions never reach a handler: each boundary translates them once (the store in
-``sidecar/store/redis.py``, the IdP in ``sidecar/idp.py``, the backend in ``sidecar/backend.py``) into its
+``sidecar/store/redis.py``, the IdP in ``sidecar/idp/transport.py``, the backend in ``sidecar/backend.py``) into its
 own typed errors, which the engines turn into problems.
 """
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 from typing import Any, Final
 
 from aiohttp import web
@@ -207,7 +206,7 @@ async def _login(
         id_token=tokens.id_token,
         access_expires_at=tokens.expires_at,
         id_token_expires_at=float(exp) if isinstance(exp, int | float) else None,
-        access_issued_at=time.time(),
+        access_issued_at=oauth(request).clock(),
     )
     if oauth(request).settings.idp_userinfo_claims and tokens.access_token:
         claims = await _with_userinfo(idp, tokens.access_token, claims)

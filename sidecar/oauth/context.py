@@ -5,6 +5,10 @@ and the metrics are read from the app at request time (the broker lifecycle crea
 ``CIMD_SSL_CONTEXT`` is a test seam: a test that serves client metadata documents over a self-signed
 certificate on loopback puts an ``ssl.SSLContext`` trusting it here before the app starts. There is no
 setting for it: production always verifies certificates against the system trust store.
+
+``OAuthState.clock`` is the one wall-clock of the OAuth handlers (issue dates, token lifetimes, whether an
+upstream authorization is dead); tests drive time by replacing it. Monotonic deadlines (rate limits, the
+metadata document cache) keep their own clocks.
 """
 
 from __future__ import annotations

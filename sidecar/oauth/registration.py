@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import secrets
-import time
 from typing import Any, Final
 
 from aiohttp import web
@@ -77,7 +76,10 @@ def _optional_text(meta: dict[str, Any], key: str) -> str | None:
 
 
 def validate(meta: Any) -> tuple[Client, dict[str, Any]]:
-    """The client to store and the metadata to echo back, or an :class:`OAuthError`."""
+    """The client to store and the metadata to echo back, or an :class:`OAuthError`.
+
+    Pure: the handler adds ``client_id_issued_at`` from the authorization server's clock.
+    """
     if not isinstance(meta, dict):
         raise InvalidClientMetadata("the registration request must be a JSON object")
     application_type = meta.get("application_type", "web")
@@ -121,7 +123,6 @@ def validate(meta: Any) -> tuple[Client, dict[str, Any]]:
     )
     echo: dict[str, Any] = {
         "client_id": client_id,
-        "client_id_issued_at": int(time.time()),
         "redirect_uris": list(uris),
         "token_endpoint_auth_method": method,
         "grant_types": list(client.grant_types),
@@ -146,6 +147,8 @@ async def handle(request: web.Request) -> web.Response:
         except (ValueError, UnicodeDecodeError):
             raise InvalidClientMetadata("the registration request is not valid JSON") from None
         client, echo = validate(meta)
+        # RFC 7591 §3.2.1, right after client_id as always; the time is the state's clock (tests move it).
+        echo = {"client_id": client.client_id, "client_id_issued_at": int(state.clock()), **echo}
         secret: str | None = None
         if client.confidential:
             secret = secrets.token_urlsafe(SECRET_BYTES)

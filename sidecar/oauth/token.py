@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from typing import Any, Final
 
 from aiohttp import web
@@ -278,8 +277,8 @@ async def _issue(request: web.Request, grant_id: str, include_refresh: bool) -> 
 
 
 def _token_body(request: web.Request, pair: TokenPair, scopes: tuple[str, ...]) -> dict[str, Any]:
-    settings = oauth(request).settings
-    now = time.time()
+    state = oauth(request)
+    settings, now = state.settings, state.clock()
     body: dict[str, Any] = {
         "access_token": pair.access_token,
         "token_type": "Bearer",
@@ -315,7 +314,7 @@ async def _refresh_token(request: web.Request, client: Client, form: dict[str, s
     # RFC 6749 §6: "validate the refresh token and ensure that it was issued to the authenticated client".
     if not secure_equal(grant.client_id, client.client_id):
         raise InvalidGrant("the refresh token was issued to another client")
-    if dead(grant.upstream, time.time()):
+    if dead(grant.upstream, oauth(request).clock()):
         # The broker answered this grant's requests with 401 (re-authorize): renewing the client's tokens
         # would only earn another 401, a loop for clients that refresh on 401.
         raise InvalidGrant("the upstream authorization ended; authorize again")
@@ -368,7 +367,7 @@ async def _id_token_response(request: web.Request, grant_id: str) -> dict[str, A
     return {
         "access_token": id_token,
         "token_type": "Bearer",
-        "expires_in": remaining(expires_at, time.time()),
+        "expires_in": remaining(expires_at, oauth(request).clock()),
         "scope": " ".join(grant.scopes),
     }
 

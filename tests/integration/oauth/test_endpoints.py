@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from sidecar.crypto import KeyRing
+from sidecar.oauth.context import OAUTH
 from sidecar.store.memory import MemoryTokenStore
 from tests.integration.oauth.flow import Registered, authorize_url, basic, obtain_code, register, token
 from tests.support.oauth_harness import DEFAULT_REDIRECT_URI, Browser, FakeClock, Sidecar, query_of, running_sidecar
@@ -42,6 +43,21 @@ async def redeem(http: aiohttp.ClientSession, sidecar: Sidecar, client: Register
     assert status == 200, body
     assert headers["Cache-Control"] == "no-store"
     return body
+
+
+# --- one clock --------------------------------------------------------------------------------------------------
+
+
+async def test_the_handlers_read_the_authorization_servers_clock(
+    http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser, client: Registered, clock: FakeClock
+) -> None:
+    # OAuthState.clock is the handlers' one wall clock: a test moves it and every answer follows.
+    sidecar.app[OAUTH].clock = lambda: clock() + 1000
+    async with http.post(sidecar.url + "/oauth/register", json={"redirect_uris": [DEFAULT_REDIRECT_URI]}) as r:
+        assert abs((await r.json())["client_id_issued_at"] - (clock() + 1000)) <= 2
+    code = await obtain_code(browser, sidecar, client.client_id, scope="openid")
+    body = await redeem(http, sidecar, client, code)
+    assert 2590 <= body["expires_in"] <= 2600  # issued on the store's clock, counted on the handlers'
 
 
 # --- metadata ---------------------------------------------------------------------------------------------------
