@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests.integration.gate.helpers import SidecarFactory, metrics_of, sample
@@ -156,31 +158,24 @@ async def test_backend_down_is_502_json(start_sidecar: SidecarFactory) -> None:
     assert sample(metrics_of(client), "mcp_sidecar_backend_errors_total", kind="unreachable") == 1
 
 
-async def test_backend_closing_without_answer_is_502(start_sidecar: SidecarFactory) -> None:
-    async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.close()
-
-    server = await asyncio.start_server(slam, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        client = await start_sidecar(f"http://127.0.0.1:{port}")
-        resp = await client.get("/mcp", headers=AUTH)
-        assert resp.status == 502
-        assert (await resp.json())["error"] == "bad_gateway"
-    finally:
-        server.close()
-        await server.wait_closed()
+async def _closes_without_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.close()
 
 
-async def test_backend_garbage_is_502(start_sidecar: SidecarFactory) -> None:
-    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"this is not HTTP\r\n\r\n")
-        await writer.drain()
-        writer.close()
+async def _answers_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"this is not HTTP\r\n\r\n")
+    await writer.drain()
+    writer.close()
 
-    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+
+@pytest.mark.parametrize("misbehave", [_closes_without_answer, _answers_garbage], ids=["closes", "garbage"])
+async def test_a_broken_backend_is_502(
+    start_sidecar: SidecarFactory,
+    misbehave: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> None:
+    server = await asyncio.start_server(misbehave, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         client = await start_sidecar(f"http://127.0.0.1:{port}")

@@ -3,19 +3,30 @@ and every negative case of issue 5 with its exact status and error code.
 
 Real pieces: the sidecar app on a loopback port (memory store with a movable clock), the oidc-provider-mock
 behind the strict IdP front (PKCE enforced, rotating refresh tokens). The MCP backend is not needed here.
+The flows whose atomicity lives in the store (code single use, rotation with replay grace, family revocation,
+concurrent refresh, revocation, remembered consent) are marked ``both_stores`` and run on real Redis too (Lua
+scripts per hash tag).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
+from sidecar.config import Settings
 from sidecar.crypto import KeyRing
 from sidecar.oauth.context import OAUTH
+from sidecar.store import open_store
+from sidecar.store.base import TokenStore
 from sidecar.store.memory import MemoryTokenStore
 from tests.integration.oauth.flow import Registered, authorize_url, basic, obtain_code, register, token
 from tests.support.oauth_harness import DEFAULT_REDIRECT_URI, Browser, FakeClock, Sidecar, query_of, running_sidecar
@@ -27,9 +38,34 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def store(clock: FakeClock) -> MemoryTokenStore:
-    return MemoryTokenStore(KeyRing.ephemeral(), key_prefix="oauthtest", clock=clock)
+# Flows marked both_stores run on the memory store and on real Redis; every other test on memory only.
+both_stores = pytest.mark.both_stores
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames:
+        kinds: list[Any] = ["memory"]
+        if metafunc.definition.get_closest_marker("both_stores"):
+            kinds.append(pytest.param("redis", marks=pytest.mark.redis))
+        metafunc.parametrize("store_kind", kinds)
+
+
+@pytest_asyncio.fixture
+async def store(request: pytest.FixtureRequest, store_kind: str, clock: FakeClock) -> AsyncIterator[TokenStore]:
+    if store_kind == "memory":
+        yield MemoryTokenStore(KeyRing.ephemeral(), key_prefix="oauthtest", clock=clock)
+        return
+    redis_url = request.getfixturevalue("redis_url")  # starts a redis-server only for the Redis runs
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+    settings = Settings(
+        upstream="http://127.0.0.1:9", public_url="http://127.0.0.1:9", store="redis",
+        redis_url=redis_url, key_prefix="oauth" + uuid.uuid4().hex[:8], encryption_keys=f"k1:{key}",
+    )
+    redis_store = open_store(settings, KeyRing.from_setting(f"k1:{key}"), clock=clock)
+    try:
+        yield redis_store
+    finally:
+        await redis_store.close()
 
 
 
@@ -103,6 +139,7 @@ async def test_code_flow_issues_tokens_with_iss_and_state(
     assert body["access_token"].startswith("mcpat_") and body["refresh_token"].startswith("mcprt_")
 
 
+@both_stores
 async def test_consent_is_remembered_per_browser_and_client(
     http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser, client: Registered, idp_front: IdPFront
 ) -> None:
@@ -155,6 +192,7 @@ async def test_wrong_pkce_verifier(http: aiohttp.ClientSession, sidecar: Sidecar
     assert headers["Cache-Control"] == "no-store"
 
 
+@both_stores
 async def test_replayed_code_is_refused_and_revokes_its_tokens(
     http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser, client: Registered, store: MemoryTokenStore
 ) -> None:
@@ -298,6 +336,7 @@ async def test_consent_denied(sidecar: Sidecar, browser: Browser, client: Regist
     assert params["error"] == "access_denied" and params["state"] == "client-state"
 
 
+@both_stores
 async def test_refresh_rotation_replay_grace_and_reuse(
     http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser, client: Registered,
     store: MemoryTokenStore, clock: FakeClock,
@@ -329,6 +368,7 @@ async def test_refresh_never_widens_scope(http: aiohttp.ClientSession, sidecar: 
     assert (status, body["error"]) == (400, "invalid_scope")
 
 
+@both_stores
 async def test_concurrent_refresh_is_atomic(http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser,
                                             client: Registered) -> None:
     first = await redeem(http, sidecar, client, await obtain_code(browser, sidecar, client.client_id))
@@ -338,6 +378,7 @@ async def test_concurrent_refresh_is_atomic(http: aiohttp.ClientSession, sidecar
     assert len({body["access_token"] for _, body, _ in results}) == 1  # one rotation, the rest replays
 
 
+@both_stores
 async def test_revoked_token(http: aiohttp.ClientSession, sidecar: Sidecar, browser: Browser, client: Registered,
                              store: MemoryTokenStore) -> None:
     tokens = await redeem(http, sidecar, client, await obtain_code(browser, sidecar, client.client_id))
@@ -572,3 +613,18 @@ async def test_code_store_failure_leaves_no_grant(
     assert (step.status, json.loads(step.text)["error"]) == (503, "temporarily_unavailable")
     assert step.headers["Retry-After"]
     assert not [k for k in store.raw_items() if k.endswith(":grant")]  # the grant made a moment ago is gone
+
+
+@both_stores
+async def test_strict_grace_zero(idp_front: IdPFront, store: TokenStore, http: aiohttp.ClientSession) -> None:
+    """``refresh_replay_grace_seconds: 0`` is strict RFC 9700: the second use of a refresh token revokes all."""
+    async with running_sidecar(idp_front, store=store, refresh_replay_grace_seconds=0) as sc, \
+            Browser(idp_front, sc.url) as browser:
+        client = await register(http, sc)
+        first = await redeem(http, sc, client, await obtain_code(browser, sc, client.client_id))
+        refresh = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+        status, second, _ = await token(http, sc, client, refresh)
+        assert status == 200
+        status, body, _ = await token(http, sc, client, refresh)
+        assert (status, body["error"]) == (400, "invalid_grant")
+        assert await store.lookup_access_token(second["access_token"]) is None
