@@ -69,6 +69,9 @@ PURE = [
     "sidecar.policy",
     "sidecar.mcp_message",
     "sidecar.tool_filter",
+    "sidecar.store.records",
+    "sidecar.store.codecs",
+    "sidecar.store.layout",
 ]
 IO_LIBRARIES = {"aiohttp", "redis", "socket", "asyncio", "time", "httptools", "ssl"}
 

@@ -34,7 +34,8 @@ from sidecar.store.base import (
     mint_refresh_token,
     token_hash,
 )
-from sidecar.store.memory import MemoryTokenStore, _Entry
+from sidecar.store.memory import MemoryTokenStore
+from sidecar.store.memory_keyspace import Entry
 from sidecar.store.redis import RedisTokenStore
 from tests.support.redis_servers import random_prefix
 
@@ -828,7 +829,7 @@ class MemoryRawView:
     async def set(self, key: str, value: str) -> None:
         entry = self.store._data.get(key)  # type: ignore[attr-defined]
         if entry is None:
-            self.store._data[key] = _Entry(value, None)  # type: ignore[attr-defined]
+            self.store._data[key] = Entry(value, None)  # type: ignore[attr-defined]
         else:
             entry.value = value
 
