@@ -16,11 +16,19 @@ import getpass
 import json
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
-from sidecar.store.base import GRANT_ID_PATTERN, Grant, KeyLayout, RecordCorrupt, StoreUnavailable, TokenStore
+from sidecar.store.base import (
+    GRANT_ID_PATTERN,
+    ClientStore,
+    Grant,
+    GrantStore,
+    KeyLayout,
+    RecordCorrupt,
+    StoreUnavailable,
+)
 
 SCAN_BATCH: Final = 500  # keys per SCAN round trip: small enough not to stall a busy Redis
 # Client registration fields safe to print (never a secret or its hash).
@@ -41,7 +49,12 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-async def _keys(store: TokenStore, pattern: str) -> AsyncIterator[str]:
+
+class _GrantsAndClients(GrantStore, ClientStore, Protocol):
+    """What deleting a client touches: its registration and every grant of it."""
+
+
+async def _keys(store: object, pattern: str) -> AsyncIterator[str]:
     from sidecar.store.memory import MemoryTokenStore
 
     if isinstance(store, MemoryTokenStore):
@@ -61,7 +74,7 @@ async def _keys(store: TokenStore, pattern: str) -> AsyncIterator[str]:
         raise StoreUnavailable(f"scanning the store failed ({type(exc).__name__})") from None
 
 
-async def grant_ids(store: TokenStore, prefix: str) -> AsyncIterator[str]:
+async def grant_ids(store: GrantStore, prefix: str) -> AsyncIterator[str]:
     head, tail = f"{prefix}:{{", "}:grant"  # KeyLayout.grant(): <prefix>:{<grant-id>}:grant
     seen: set[str] = set()
     async for key in _keys(store, f"{prefix}:{{*}}:grant"):
@@ -74,7 +87,7 @@ async def grant_ids(store: TokenStore, prefix: str) -> AsyncIterator[str]:
 
 
 async def find_grants(
-    store: TokenStore, prefix: str, *, sub: str | None = None, client: str | None = None
+    store: GrantStore, prefix: str, *, sub: str | None = None, client: str | None = None
 ) -> AsyncIterator[Grant]:
     async for gid in grant_ids(store, prefix):
         try:
@@ -107,7 +120,7 @@ def grant_line(grant: Grant) -> dict[str, Any]:
     }
 
 
-async def list_grants(store: TokenStore, prefix: str, out: TextIO, *, sub: str | None, client: str | None) -> int:
+async def list_grants(store: GrantStore, prefix: str, out: TextIO, *, sub: str | None, client: str | None) -> int:
     count = 0
     async for grant in find_grants(store, prefix, sub=sub, client=client):
         print(json.dumps(grant_line(grant), sort_keys=True), file=out)
@@ -116,7 +129,7 @@ async def list_grants(store: TokenStore, prefix: str, out: TextIO, *, sub: str |
 
 
 async def revoke_grants(
-    store: TokenStore,
+    store: GrantStore,
     prefix: str,
     out: TextIO,
     *,
@@ -152,7 +165,7 @@ async def revoke_grants(
     return revoked
 
 
-async def list_clients(store: TokenStore, prefix: str, out: TextIO) -> int:
+async def list_clients(store: ClientStore, prefix: str, out: TextIO) -> int:
     count = 0
     start = len(KeyLayout(prefix).client(""))
     async for key in _keys(store, f"{prefix}:client:*"):
@@ -167,7 +180,7 @@ async def list_clients(store: TokenStore, prefix: str, out: TextIO) -> int:
     return count
 
 
-async def delete_client(store: TokenStore, prefix: str, client_id: str, out: TextIO, **revoke: Any) -> bool:
+async def delete_client(store: _GrantsAndClients, prefix: str, client_id: str, out: TextIO, **revoke: Any) -> bool:
     """Delete a registration and revoke every grant of it (its tokens would otherwise outlive it)."""
     from sidecar.store.memory import MemoryTokenStore
 

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     # without jwks_url never needs them, so they are imported where they are used.
     from sidecar.idp import IdPClient
     from sidecar.refresh import CredentialBroker
-    from sidecar.store.base import TokenStore
+    from sidecar.store.base import StoreLifecycle, TokenStore
 
 log = logging.getLogger("sidecar.app")
 
@@ -260,7 +260,7 @@ def _guard(
     return guard
 
 
-def _store_check(store: TokenStore) -> Callable[[], Awaitable[str | None]]:
+def _store_check(store: StoreLifecycle) -> Callable[[], Awaitable[str | None]]:
     from sidecar.store.base import StoreUnavailable
 
     async def check() -> str | None:

@@ -21,7 +21,7 @@ from sidecar.metrics import Metrics
 from sidecar.problems import IDP_RETRY_AFTER_SECONDS, STORE_RETRY_AFTER_SECONDS
 from sidecar.refresh import CredentialBroker
 from sidecar.singleflight import SingleFlight
-from sidecar.store.base import AccessTokenInfo, StoreUnavailable, TokenStore, parse_client_token
+from sidecar.store.base import AccessTokenInfo, ClientTokenStore, StoreUnavailable, parse_client_token
 from sidecar.tokens import BearerProblem, Kind, inspect, parse_authorization
 from sidecar.ttlcache import BoundedCache
 
@@ -32,7 +32,7 @@ TOKEN_CACHE_ENTRIES = 10_000
 class BrokerAuthenticator:
     """Checks a client access token minted by this sidecar against the store."""
 
-    def __init__(self, *, store: TokenStore, metrics: Metrics, cache_seconds: float) -> None:
+    def __init__(self, *, store: ClientTokenStore, metrics: Metrics, cache_seconds: float) -> None:
         self._store = store
         self._metrics = metrics
         self._cache_seconds = cache_seconds

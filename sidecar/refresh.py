@@ -36,7 +36,7 @@ from sidecar.idp import IdPError, IdPRejected, TokenSet, UpstreamIdP
 from sidecar.metrics import Metrics
 from sidecar.problems import IDP_RETRY_AFTER_SECONDS, STORE_RETRY_AFTER_SECONDS
 from sidecar.singleflight import SingleFlight
-from sidecar.store.base import Grant, RecordCorrupt, StoreUnavailable, TokenStore, UpstreamCredentials
+from sidecar.store.base import Grant, RecordCorrupt, RefreshStore, StoreUnavailable, UpstreamCredentials
 
 log = logging.getLogger("sidecar.refresh")
 
@@ -147,7 +147,7 @@ class CredentialBroker:
     def __init__(
         self,
         *,
-        store: TokenStore,
+        store: RefreshStore,
         idp: UpstreamIdP,
         metrics: Metrics,
         skew: float,

@@ -11,12 +11,14 @@ from collections.abc import Callable
 
 from sidecar.config import Settings
 from sidecar.crypto import KeyRing
-from sidecar.store.base import (
+from sidecar.store.layout import KeyLayout
+from sidecar.store.memory import MemoryTokenStore
+from sidecar.store.protocols import TokenStore
+from sidecar.store.records import (
     CODE_TTL_SECONDS,
     PENDING_TTL_SECONDS,
     Clock,
     Grant,
-    KeyLayout,
     ParsedToken,
     RecordCorrupt,
     RotationOutcome,
@@ -24,7 +26,6 @@ from sidecar.store.base import (
     StoreError,
     StoreUnavailable,
     TokenPair,
-    TokenStore,
     UpstreamCredentials,
     mint_access_token,
     mint_refresh_token,
@@ -32,7 +33,6 @@ from sidecar.store.base import (
     parse_client_token,
     token_hash,
 )
-from sidecar.store.memory import MemoryTokenStore
 
 
 def open_store(

@@ -14,23 +14,10 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from sidecar.crypto import KeyRing
-from sidecar.store.base import (
-    CODE_TTL_SECONDS,
-    PENDING_TTL_SECONDS,
-    SUCCESSOR_SLACK_MS,
-    AccessTokenInfo,
-    Clock,
-    Grant,
-    KeyLayout,
-    RotationOutcome,
-    RotationResult,
-    TokenPair,
-    UpstreamCredentials,
-    access_member,
+from sidecar.store.codecs import (
     check_token_for,
     check_ttl,
     decode_grant,
@@ -38,38 +25,39 @@ from sidecar.store.base import (
     grant_deadline_ms,
     make_pair,
     new_grant_fields,
-    new_grant_id,
     open_access_record,
     open_payload,
     open_scopes,
     open_successor,
-    parse_client_token,
-    refresh_member,
     refresh_record_genuine,
     seal_access_record,
     seal_claims,
     seal_payload,
     seal_refresh_record,
     seal_scopes,
-    successor_member,
     to_ms,
+)
+from sidecar.store.layout import KeyLayout, access_member, refresh_member, successor_member
+from sidecar.store.memory_keyspace import SWEEP_INTERVAL_SECONDS as SWEEP_INTERVAL_SECONDS
+from sidecar.store.memory_keyspace import MemoryKeyspace
+from sidecar.store.records import (
+    CODE_TTL_SECONDS,
+    PENDING_TTL_SECONDS,
+    SUCCESSOR_SLACK_MS,
+    AccessTokenInfo,
+    Clock,
+    Grant,
+    RotationOutcome,
+    RotationResult,
+    TokenPair,
+    UpstreamCredentials,
+    new_grant_id,
+    parse_client_token,
     token_hash,
 )
 
-# A full sweep of expired entries walks every record; doing it at most this often keeps its cost negligible
-# while bounding how long dead records linger in memory.
-SWEEP_INTERVAL_SECONDS: Final = 60.0
 
-_Value = str | dict[str, str] | dict[str, int]
-
-
-@dataclass(slots=True)
-class _Entry:
-    value: _Value
-    deadline_ms: int | None  # None: no expiry
-
-
-class MemoryTokenStore:
+class MemoryTokenStore(MemoryKeyspace):
     """:class:`~sidecar.store.base.TokenStore` in a dict. See the module docstring."""
 
     def __init__(
@@ -80,67 +68,13 @@ class MemoryTokenStore:
         record_grace_seconds: float = 86400,
         clock: Clock = time.time,
     ) -> None:
+        super().__init__(clock)
         self._keyring = keyring
         self._keys = KeyLayout(key_prefix)
         self._grace_ms = to_ms(record_grace_seconds)
-        self._clock = clock
-        self._data: dict[str, _Entry] = {}
-        self._next_sweep_ms = 0
 
     def __repr__(self) -> str:
         return f"MemoryTokenStore(prefix={self._keys.prefix!r}, records={len(self._data)}, keyring={self._keyring!r})"
-
-    # --- the tiny key-value engine -------------------------------------------------------------------------
-
-    def _now_ms(self) -> int:
-        return to_ms(self._clock())
-
-    def _get(self, key: str, now_ms: int) -> _Value | None:
-        entry = self._data.get(key)
-        if entry is None:
-            return None
-        if entry.deadline_ms is not None and entry.deadline_ms <= now_ms:
-            del self._data[key]
-            return None
-        return entry.value
-
-    def _hash(self, key: str, now_ms: int) -> dict[str, str] | None:
-        value = self._get(key, now_ms)
-        if value is None:
-            return None
-        assert isinstance(value, dict)
-        return value  # type: ignore[return-value]
-
-    def _zset(self, key: str, now_ms: int) -> dict[str, int]:
-        value = self._get(key, now_ms)
-        if value is None:
-            fresh: dict[str, int] = {}
-            self._data[key] = _Entry(fresh, None)
-            return fresh
-        assert isinstance(value, dict)
-        return value  # type: ignore[return-value]
-
-    def _string(self, key: str, now_ms: int) -> str | None:
-        value = self._get(key, now_ms)
-        assert value is None or isinstance(value, str)
-        return value
-
-    def _put(self, key: str, value: _Value, deadline_ms: int | None, now_ms: int) -> None:
-        self._data[key] = _Entry(value, deadline_ms)
-        self._maybe_sweep(now_ms)
-
-    def _expire(self, key: str, deadline_ms: int) -> None:
-        entry = self._data.get(key)
-        if entry is not None:
-            entry.deadline_ms = deadline_ms
-
-    def _maybe_sweep(self, now_ms: int) -> None:
-        if now_ms < self._next_sweep_ms:
-            return
-        self._next_sweep_ms = now_ms + to_ms(SWEEP_INTERVAL_SECONDS)
-        dead = [k for k, e in self._data.items() if e.deadline_ms is not None and e.deadline_ms <= now_ms]
-        for key in dead:
-            del self._data[key]
 
     def _live_grant(self, grant_id: str, now_ms: int) -> dict[str, str] | None:
         record = self._hash(self._keys.grant(grant_id), now_ms)
@@ -456,13 +390,3 @@ class MemoryTokenStore:
         key = self._keys.consent(subject, client_id)
         value = self._string(key, self._now_ms())
         return None if value is None else open_scopes(self._keyring, key, value)
-
-    # --- for tests: the raw records, exactly as a Redis dump would show them ---
-
-    def raw_items(self) -> dict[str, _Value]:
-        now_ms = self._now_ms()
-        return {k: e.value for k, e in self._data.items() if e.deadline_ms is None or e.deadline_ms > now_ms}
-
-    def raw_deadline_ms(self, key: str) -> int | None:
-        entry = self._data.get(key)
-        return None if entry is None else entry.deadline_ms

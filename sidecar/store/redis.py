@@ -12,44 +12,23 @@ all passed in ``KEYS`` (the Redis Cluster rule for scripts), so the same code ru
 Single-key steps use plain commands: ``SET NX PX`` for the refresh lock, ``GETDEL`` for single-use codes
 and pending logins (RFC 6749 §4.1.2: "The client MUST NOT use the authorization code more than once").
 
-Third-party exceptions are translated in one place, :func:`_translate`, into :class:`StoreUnavailable`
-(DESIGN §12, httpx's habit), whose message names the operation and the error class, never a secret.
+The redis-py client, its pool and the exception translator are :mod:`sidecar.store.redis_client`; the Lua
+scripts are :mod:`sidecar.store.redis_lua`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.asyncio.connection import BlockingConnectionPool, parse_url
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
 
-from sidecar.config import Settings, parse_host_port
+from sidecar.config import Settings
 from sidecar.crypto import KeyRing
-from sidecar.store.base import (
-    CODE_TTL_SECONDS,
-    MIN_RECORD_TTL_MS,
-    PENDING_TTL_SECONDS,
-    SUCCESSOR_SLACK_MS,
-    AccessTokenInfo,
-    Clock,
-    Grant,
-    KeyLayout,
-    RotationOutcome,
-    RotationResult,
-    StoreUnavailable,
-    TokenPair,
-    UpstreamCredentials,
-    access_member,
+from sidecar.store.codecs import (
     check_token_for,
     check_ttl,
     decode_grant,
@@ -57,231 +36,60 @@ from sidecar.store.base import (
     grant_deadline_ms,
     make_pair,
     new_grant_fields,
-    new_grant_id,
     open_access_record,
-    open_payload,
-    open_scopes,
     open_successor,
-    parse_client_token,
-    refresh_member,
     refresh_record_genuine,
     seal_access_record,
     seal_claims,
-    seal_payload,
     seal_refresh_record,
-    seal_scopes,
-    successor_member,
     to_ms,
+)
+from sidecar.store.layout import KeyLayout, access_member, refresh_member, successor_member
+from sidecar.store.records import (
+    MIN_RECORD_TTL_MS,
+    SUCCESSOR_SLACK_MS,
+    AccessTokenInfo,
+    Clock,
+    Grant,
+    RotationOutcome,
+    RotationResult,
+    StoreUnavailable,
+    TokenPair,
+    UpstreamCredentials,
+    new_grant_id,
+    parse_client_token,
     token_hash,
+)
+from sidecar.store.redis_client import (
+    REDIS_RETRIES,
+    REPLICA_ACK_TIMEOUT_SECONDS,
+    RedisClient,
+    build_client,
+    cluster_acks,
+)
+from sidecar.store.redis_client import translate as _translate
+from sidecar.store.redis_logins import RedisLoginRecords
+from sidecar.store.redis_lua import (
+    LUA_ADMIT_CLIENT,
+    LUA_CREATE,
+    LUA_DELETE,
+    LUA_ISSUE,
+    LUA_LOOKUP,
+    LUA_RELEASE,
+    LUA_ROTATE,
+    LUA_SET_UPSTREAM,
 )
 
 log = logging.getLogger("sidecar.store.redis")
 
-RedisClient = Redis | RedisCluster
-
-# One quick retry absorbs a pooled connection the server closed while idle; more retries (redis-py's default
-# is 10 with backoff up to 1 s) would hold a request for seconds when Redis is really down, where the DESIGN
-# §4 answer is an immediate 503 + Retry-After.
-#
-# A retry may run a command whose reply was lost a second time; every write here tolerates that: a rotation
-# finds its own rotation and answers with the same pair (the replay grace), a compare-and-set sees its own
-# generation and reports a lost race (the caller re-reads its own write), issue/delete/put are idempotent,
-# and a repeated create reports StoreUnavailable rather than merging.
-REDIS_RETRIES: Final = 1
-REDIS_RETRY_BACKOFF_BASE_SECONDS: Final = 0.01
-REDIS_RETRY_BACKOFF_CAP_SECONDS: Final = 0.1
 # Grant deletion removes the grant's token keys in batches of this many per script call, well below Lua's
 # stack limit for unpack() and short enough not to block Redis noticeably.
 DELETE_BATCH: Final = 256
 # A grant being deleted accepts no new tokens, so deletion converges; this bound only guards against a bug.
 MAX_DELETE_PASSES: Final = 10_000
-# Connections to Redis per process (standalone and Sentinel). redis-py's own default pool refuses the 101st
-# concurrent command outright ("Too many connections", a 503 for that request); this pool lets a command wait
-# for a free connection instead, up to redis_timeout_seconds, and allows enough for a thousand requests in flight.
-REDIS_MAX_CONNECTIONS: Final = 256
-# WAIT after a rotation (``redis_min_replica_acks``): how long a replica's acknowledgement is awaited at most.
-# Replicas acknowledge every second on their own and at once on a WAIT (REPLCONF GETACK), so a healthy one
-# answers in a round trip; the bound only caps what a dead replica costs the request, and stays below the
-# command's own socket timeout (at most half of redis_timeout_seconds).
-REPLICA_ACK_TIMEOUT_SECONDS: Final = 1.0
-
-# ---------------------------------------------------------------------------------------------------------
-# Lua. Numbers travel as decimal strings; times are epoch milliseconds on the caller's clock (ARGV).
-
-_LUA_PRELUDE = """
-local unpack = unpack or table.unpack
-local function int(x) return string.format('%d', x) end
-local function live(grant, now)
-  local exp = redis.call('HGET', grant, 'exp')
-  return exp and tonumber(exp) > now
-end
--- DESIGN §5: the record lives until its longest live credential + grace; recomputed on every write.
-local function touch(grant, idx, now, grace, min_ttl)
-  local up = tonumber(redis.call('HGET', grant, 'up_exp') or '0') or 0
-  local cl = tonumber(redis.call('HGET', grant, 'cl_exp') or '0') or 0
-  local deadline = math.max(up, cl, now) + grace
-  if deadline - now < min_ttl then deadline = now + min_ttl end
-  redis.call('HSET', grant, 'exp', int(deadline))
-  redis.call('PEXPIRE', grant, int(deadline - now))
-  if redis.call('EXISTS', idx) == 1 then redis.call('PEXPIRE', idx, int(deadline - now)) end
-end
--- Records a token pair. Without a refresh token (rt_exp == 0) the rt key is an unused placeholder.
--- at_value: the access token's sealed record; rt_seal: the refresh token's seal (sidecar.store.base), both
--- made by the caller, which holds the keys: a record written by anyone else does not open.
-local function add_tokens(grant, idx, at, rt, gid, now, at_exp, rt_exp, at_member, rt_member, at_value, rt_seal)
-  redis.call('SET', at, at_value, 'PX', int(at_exp - now))
-  redis.call('ZADD', idx, int(at_exp), at_member)
-  local cl = at_exp
-  if rt_exp > 0 then
-    redis.call('HSET', rt, 'state', 'active', 'exp', int(rt_exp), 'gid', gid, 'seal', rt_seal)
-    redis.call('PEXPIRE', rt, int(rt_exp - now))
-    redis.call('ZADD', idx, int(rt_exp), rt_member)
-    cl = math.max(cl, rt_exp)
-  end
-  redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. int(now))
-  local old = tonumber(redis.call('HGET', grant, 'cl_exp') or '0') or 0
-  redis.call('HSET', grant, 'cl_exp', int(math.max(old, cl)), 'updated', int(now))
-end
-"""
-
-# KEYS: grant, idx   ARGV: now, grace, min_ttl, field, value, ...
-_LUA_CREATE = (
-    _LUA_PRELUDE
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-touch(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
-return 1
-"""
-)
-
-# KEYS: grant, idx   ARGV: now, grace, min_ttl, expected_gen, up, up_exp, claims ('' keeps them)
-# Returns the new generation, -1 if the grant is gone, -2 on a generation mismatch.
-_LUA_SET_UPSTREAM = (
-    _LUA_PRELUDE
-    + """
-local now = tonumber(ARGV[1])
-if not live(KEYS[1], now) then return -1 end
-local gen = tonumber(redis.call('HGET', KEYS[1], 'gen'))
--- DESIGN §7.3: compare-and-set on generation; a writer that lost the race re-reads instead.
-if gen ~= tonumber(ARGV[4]) then return -2 end
-redis.call('HSET', KEYS[1], 'gen', int(gen + 1), 'up', ARGV[5], 'up_exp', ARGV[6], 'updated', int(now))
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'claims', ARGV[7]) end
-touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
-return gen + 1
-"""
-)
-
-# KEYS: grant, idx, at, rt   ARGV: now, grace, min_ttl, gid, at_exp, rt_exp (0: none), at_member, rt_member,
-#                             at_value, rt_seal
-_LUA_ISSUE = (
-    _LUA_PRELUDE
-    + """
-local now = tonumber(ARGV[1])
-if not live(KEYS[1], now) then return 0 end
-add_tokens(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[4], now, tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7], ARGV[8],
-           ARGV[9], ARGV[10])
-touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
-return 1
-"""
-)
-
-# KEYS: grant, idx, old_rt, successor, new_at, new_rt
-# ARGV: now, grace, min_ttl, gid, replay_grace, at_exp, rt_exp, successor_envelope, at_member, rt_member,
-#       successor_member, successor_slack, at_value, rt_seal
-_LUA_ROTATE = (
-    _LUA_PRELUDE
-    + """
-local now = tonumber(ARGV[1])
-if not live(KEYS[1], now) then return {'invalid'} end
-local old = redis.call('HMGET', KEYS[3], 'state', 'exp', 'rotated_at')
-if not old[1] or tonumber(old[2]) <= now then return {'invalid'} end
-local replay_grace = tonumber(ARGV[5])
-if old[1] == 'rotated' then
-  -- DESIGN §8: a retry with the just-rotated token inside the grace gets the same new pair again.
-  if replay_grace > 0 and now - tonumber(old[3]) <= replay_grace then
-    local pair = redis.call('GET', KEYS[4])
-    if pair then return {'replayed', pair} end
-  end
-  -- RFC 9700 §4.14.2: a reused refresh token means the family is compromised: revoke the grant now (every
-  -- token of it stops working with it); the caller then removes the token keys.
-  redis.call('DEL', KEYS[1])
-  return {'reuse_detected'}
-end
--- Single use: the old token is invalidated in the same step that issues the new pair.
-redis.call('HSET', KEYS[3], 'state', 'rotated', 'rotated_at', int(now))
-if replay_grace > 0 then
-  local keep = replay_grace + tonumber(ARGV[12])
-  redis.call('SET', KEYS[4], ARGV[8], 'PX', int(keep))
-  redis.call('ZADD', KEYS[2], int(now + keep), ARGV[11])
-end
-add_tokens(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[4], now, tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[9], ARGV[10],
-           ARGV[13], ARGV[14])
-touch(KEYS[1], KEYS[2], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
-return {'rotated'}
-"""
-)
-
-# KEYS: at, grant   ARGV: now
-_LUA_LOOKUP = (
-    _LUA_PRELUDE
-    + """
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-if not live(KEYS[2], tonumber(ARGV[1])) then return false end
-return v
-"""
-)
-
-# KEYS: grant, idx, lock, token keys...   ARGV: the index members of those token keys, same order
-# Returns {grant existed (0/1), index members left}.
-_LUA_DELETE = """
-local unpack = unpack or table.unpack
-local existed = redis.call('DEL', KEYS[1])
-redis.call('DEL', KEYS[3])
-for i = 4, #KEYS do redis.call('DEL', KEYS[i]) end
-if #ARGV > 0 then redis.call('ZREM', KEYS[2], unpack(ARGV)) end
-local left = redis.call('ZCARD', KEYS[2])
-if left == 0 then redis.call('DEL', KEYS[2]) end
-return {existed, left}
-"""
-
-# KEYS: grant. A write that changes nothing (the TTL set to what is left of it) but enters the replication stream:
-# what WAIT on a cluster node's connection measures (see RedisTokenStore._cluster_acks).
-_LUA_TTL_TO_ITSELF = """
-local left = redis.call('PTTL', KEYS[1])
-if left > 0 then redis.call('PEXPIRE', KEYS[1], left) end
-return left
-"""
-
-# KEYS: lock   ARGV: owner. Release only the holder's lock (DESIGN §7.3).
-# Admit a client registration under the global cap (issue 12).
-# KEYS: registry zset   ARGV: now_ms, deadline_ms ('+inf' = none), max ('' = no cap), client_id
-_LUA_ADMIT_CLIENT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if ARGV[3] ~= '' and not redis.call('ZSCORE', KEYS[1], ARGV[4]) then
-  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-return 1
-"""
-
-_LUA_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
-@asynccontextmanager
-async def _translate(operation: str) -> AsyncIterator[None]:
-    """The one place where redis-py's (and the socket layer's) exceptions become :class:`StoreUnavailable`."""
-    try:
-        yield
-    except (RedisError, RedisClusterException, OSError) as exc:  # OSError covers TimeoutError too
-        raise StoreUnavailable(f"redis {operation} failed ({type(exc).__name__})") from exc
-
-
-class RedisTokenStore:
+class RedisTokenStore(RedisLoginRecords):
     """:class:`~sidecar.store.base.TokenStore` on Redis. Build it with :func:`connect` or pass a client
     created with ``decode_responses=True`` (tests pass fakeredis)."""
 
@@ -305,14 +113,14 @@ class RedisTokenStore:
         self._keys = KeyLayout(key_prefix)
         self._grace_ms = to_ms(record_grace_seconds)
         self._clock = clock
-        self._create = client.register_script(_LUA_CREATE)
-        self._set_upstream_script = client.register_script(_LUA_SET_UPSTREAM)
-        self._issue = client.register_script(_LUA_ISSUE)
-        self._rotate = client.register_script(_LUA_ROTATE)
-        self._lookup = client.register_script(_LUA_LOOKUP)
-        self._delete = client.register_script(_LUA_DELETE)
-        self._release = client.register_script(_LUA_RELEASE)
-        self._admit_client = client.register_script(_LUA_ADMIT_CLIENT)
+        self._create = client.register_script(LUA_CREATE)
+        self._set_upstream_script = client.register_script(LUA_SET_UPSTREAM)
+        self._issue = client.register_script(LUA_ISSUE)
+        self._rotate = client.register_script(LUA_ROTATE)
+        self._lookup = client.register_script(LUA_LOOKUP)
+        self._delete = client.register_script(LUA_DELETE)
+        self._release = client.register_script(LUA_RELEASE)
+        self._admit_client = client.register_script(LUA_ADMIT_CLIENT)
 
     def __repr__(self) -> str:
         return f"RedisTokenStore(prefix={self._keys.prefix!r}, client={type(self._client).__name__})"
@@ -321,28 +129,8 @@ class RedisTokenStore:
     def client(self) -> RedisClient:
         return self._client
 
-    def _now_ms(self) -> int:
-        return to_ms(self._clock())
-
     def _common(self, now_ms: int) -> list[str]:
         return [str(now_ms), str(self._grace_ms), str(MIN_RECORD_TTL_MS)]
-
-    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        return await script(keys=list(keys), args=list(args))
-
-    @staticmethod
-    async def _cluster_acks(client: RedisCluster, key: str, wait: tuple[str, int, int]) -> object:
-        """WAIT on the node owning ``key``: a master's replication stream is ordered, so a replica that has
-        acknowledged this connection's no-op write (the key's TTL set to itself) holds every write before it."""
-        node = client.get_node_from_key(key)
-        if node is None:
-            return None
-        commands = [PipelineCommand(0, "EVAL", _LUA_TTL_TO_ITSELF, 1, key), PipelineCommand(1, *wait)]
-        try:
-            await node.execute_pipeline(commands)
-        except (RedisError, RedisClusterException, OSError) as exc:
-            return exc  # the node is going away: counted as a missing acknowledgement, the write stands
-        return commands[1].result
 
     async def _run_acked(self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run a write script, then ``WAIT`` until ``min_replica_acks`` replicas hold it.
@@ -362,7 +150,7 @@ class RedisTokenStore:
             # The write takes the client's own path (redirections, topology refresh after a failover); the
             # acknowledgement is then asked for on the slot owner's connection, after a write of its own there.
             result = await self._run(script, keys, args)
-            acks = await self._cluster_acks(client, keys[0], wait)
+            acks = await cluster_acks(client, keys[0], wait)
         else:
             pipe = client.pipeline(transaction=False)
             await script(keys=list(keys), args=list(args), client=pipe)
@@ -373,8 +161,11 @@ class RedisTokenStore:
         if isinstance(acks, BaseException) or not isinstance(acks, int) or acks < self._min_acks:
             log.warning(
                 "a replica did not acknowledge a rotated token in time",
-                extra={"wanted": self._min_acks, "acks": acks if isinstance(acks, int) else None,
-                       "timeout_ms": self._ack_timeout_ms},
+                extra={
+                    "wanted": self._min_acks,
+                    "acks": acks if isinstance(acks, int) else None,
+                    "timeout_ms": self._ack_timeout_ms,
+                },
             )
             if self._on_ack_timeout is not None:
                 self._on_ack_timeout()
@@ -629,138 +420,6 @@ class RedisTokenStore:
     async def release_lock(self, grant_id: str, owner: str) -> bool:
         async with _translate("release_lock"):
             return int(await self._run(self._release, [self._keys.lock(grant_id)], [owner])) == 1
-
-    async def put_client(
-        self, client_id: str, metadata: Mapping[str, Any], *, ttl: float | None = None, max_clients: int | None = None
-    ) -> bool:
-        px = None if ttl is None else check_ttl("ttl", ttl)
-        now_ms = self._now_ms()
-        key = self._keys.client(client_id)
-        envelope = seal_payload(self._keyring, key, metadata)
-        deadline = "+inf" if px is None else str(now_ms + px)
-        limit = "" if max_clients is None else str(max_clients)
-        async with _translate("put_client"):
-            # The registry is one key (any cluster slot); the record is written after admission. Two racing
-            # registrations may overshoot the cap by one each: it bounds abuse, it is not an exact quota.
-            admitted = await self._run(self._admit_client, [self._keys.clients()], [str(now_ms), deadline, limit,
-                                                                                     client_id])
-            if int(admitted) != 1:
-                return False
-            await self._client.set(key, envelope, px=px)
-        return True
-
-    async def get_client(self, client_id: str) -> dict[str, Any] | None:
-        key = self._keys.client(client_id)
-        async with _translate("get_client"):
-            value = await self._client.get(key)
-        if value is None:
-            return None
-        return open_payload(self._keyring, key, cast(str, value))
-
-    async def put_code(self, code: str, payload: Mapping[str, Any], *, ttl: float = CODE_TTL_SECONDS) -> None:
-        await self._put_sealed("put_code", self._keys.code(code), payload, ttl)
-
-    async def take_code(self, code: str) -> dict[str, Any] | None:
-        return await self._take_sealed("take_code", self._keys.code(code))
-
-    async def put_pending(self, state: str, payload: Mapping[str, Any], *, ttl: float = PENDING_TTL_SECONDS) -> None:
-        await self._put_sealed("put_pending", self._keys.pending(state), payload, ttl)
-
-    async def take_pending(self, state: str) -> dict[str, Any] | None:
-        return await self._take_sealed("take_pending", self._keys.pending(state))
-
-    async def _put_sealed(self, operation: str, key: str, payload: Mapping[str, Any], ttl: float) -> None:
-        envelope = seal_payload(self._keyring, key, payload)
-        async with _translate(operation):
-            await self._client.set(key, envelope, px=check_ttl("ttl", ttl))
-
-    async def _take_sealed(self, operation: str, key: str) -> dict[str, Any] | None:
-        async with _translate(operation):
-            envelope = await self._client.getdel(key)  # single use: atomic get-and-delete
-        if envelope is None:
-            return None
-        return open_payload(self._keyring, key, cast(str, envelope))
-
-    async def put_consent(self, subject: str, client_id: str, scopes: Sequence[str], *, ttl: float) -> None:
-        key = self._keys.consent(subject, client_id)
-        async with _translate("put_consent"):
-            await self._client.set(key, seal_scopes(self._keyring, key, scopes), px=check_ttl("ttl", ttl))
-
-    async def get_consent(self, subject: str, client_id: str) -> frozenset[str] | None:
-        key = self._keys.consent(subject, client_id)
-        async with _translate("get_consent"):
-            value = await self._client.get(key)
-        return None if value is None else open_scopes(self._keyring, key, cast(str, value))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Building the client from Settings
-
-
-def _retry() -> Retry:
-    return Retry(
-        ExponentialBackoff(cap=REDIS_RETRY_BACKOFF_CAP_SECONDS, base=REDIS_RETRY_BACKOFF_BASE_SECONDS), REDIS_RETRIES
-    )
-
-
-def _nodes(entries: Sequence[str]) -> list[tuple[str, int]]:
-    return [parse_host_port(entry) for entry in entries]
-
-
-class _SentinelBlockingPool(SentinelConnectionPool, BlockingConnectionPool):
-    """The Sentinel-managed pool (finds the current master) with the blocking pool's wait for a free connection."""
-
-
-def build_client(settings: Settings) -> RedisClient:
-    """A redis-py asyncio client for ``redis_mode`` (standalone URL, Sentinel or Cluster).
-
-    ``redis_timeout_seconds`` bounds connecting and each command's reply; ``redis_password`` (if set)
-    overrides a password in the URL; ``redis_tls`` switches ``redis://`` to ``rediss://`` and enables TLS
-    for Sentinel and Cluster connections.
-    """
-    password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    common: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_timeout": settings.redis_timeout_seconds,
-        "socket_connect_timeout": settings.redis_timeout_seconds,
-        "retry": _retry(),
-    }
-    if password is not None:
-        common["password"] = password
-    if settings.redis_mode == "cluster":
-        nodes = [ClusterNode(host, port) for host, port in _nodes(settings.redis_cluster_nodes)]
-        return RedisCluster(startup_nodes=nodes, ssl=settings.redis_tls, **common)
-    if settings.redis_mode == "sentinel":
-        if not settings.redis_sentinel_master:
-            raise ValueError("redis_sentinel_master is required with redis_mode: sentinel")
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_timeout": settings.redis_timeout_seconds,
-            "socket_connect_timeout": settings.redis_timeout_seconds,
-            "ssl": settings.redis_tls,
-        }
-        if password is not None:
-            sentinel_kwargs["password"] = password
-        sentinel = Sentinel(
-            _nodes(settings.redis_sentinels), sentinel_kwargs=sentinel_kwargs, ssl=settings.redis_tls, **common
-        )
-        master = sentinel.master_for(
-            settings.redis_sentinel_master,
-            redis_class=Redis,
-            connection_pool_class=_SentinelBlockingPool,
-            max_connections=REDIS_MAX_CONNECTIONS,
-            timeout=settings.redis_timeout_seconds,
-        )
-        return cast(Redis, master)
-    if settings.redis_url is None:
-        raise ValueError("redis_url is required with redis_mode: standalone")
-    url = settings.redis_url.get_secret_value()
-    if settings.redis_tls and url.startswith("redis://"):
-        url = "rediss://" + url[len("redis://") :]
-    # redis-py lets URL options win over keyword arguments; an explicit redis_password must win instead.
-    options = {**parse_url(url), **common}
-    pool = BlockingConnectionPool(max_connections=REDIS_MAX_CONNECTIONS, timeout=settings.redis_timeout_seconds,
-                                  **options)  # fmt: skip
-    return Redis.from_pool(pool)
 
 
 def connect(

@@ -71,11 +71,17 @@ PURE = [
     "sidecar.providers",
     "sidecar.crypto",
     "sidecar.config",
+    "sidecar.config.model",
+    "sidecar.config.loading",
+    "sidecar.config.checks",
     "sidecar.headers",
     "sidecar.inject",
     "sidecar.policy",
     "sidecar.mcp_message",
     "sidecar.tool_filter",
+    "sidecar.store.records",
+    "sidecar.store.codecs",
+    "sidecar.store.layout",
 ]
 IO_LIBRARIES = {"aiohttp", "redis", "socket", "asyncio", "time", "httptools", "ssl"}
 

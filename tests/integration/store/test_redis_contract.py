@@ -1,5 +1,5 @@
-"""The TokenStore contract suite against a real redis-server, the same behind a Sentinel, and a real 3-master
-Redis Cluster (DESIGN §5).
+"""The store contract suites (one per protocol) against a real redis-server, the same behind a Sentinel, and a
+real 3-master Redis Cluster (DESIGN §5).
 
 The clients are built by the product's own factory (:func:`sidecar.store.redis.build_client`) from Settings,
 so the standalone URL, Sentinel and cluster seed-node paths are exercised too. Every test uses a random key prefix and
@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from sidecar.config import Settings
 from sidecar.store.redis import build_client
 from tests.support.redis_servers import RedisClusterProcesses, RedisSentinelProcesses, random_prefix
-from tests.support.store_contract import Harness, StoreContract, redis_harness
+from tests.support.store_contract import backend_suites
+from tests.support.store_harness import Harness, redis_harness
 
 pytestmark = pytest.mark.redis
 
@@ -31,7 +32,7 @@ def cluster_settings(nodes: list[str]) -> Settings:
     )
 
 
-class TestRealRedisStore(StoreContract):
+class RealRedisBackend:
     @pytest.fixture
     async def h(self, redis_url: str) -> AsyncIterator[Harness]:
         settings = standalone_settings(redis_url)
@@ -46,7 +47,7 @@ class TestRealRedisStore(StoreContract):
             await raw_node.aclose()
 
 
-class TestRedisSentinelStore(StoreContract):
+class RedisSentinelBackend:
     @pytest.fixture
     async def h(self, redis_sentinel: RedisSentinelProcesses) -> AsyncIterator[Harness]:
         settings = Settings.model_validate(
@@ -69,7 +70,7 @@ class TestRedisSentinelStore(StoreContract):
             await raw_node.aclose()
 
 
-class TestRedisClusterStore(StoreContract):
+class RedisClusterBackend:
     @pytest.fixture
     async def h(self, redis_cluster: RedisClusterProcesses) -> AsyncIterator[Harness]:
         settings = cluster_settings(redis_cluster.nodes)
@@ -83,6 +84,11 @@ class TestRedisClusterStore(StoreContract):
             await harness.store.close()
             for node in nodes:
                 await node.aclose()
+
+
+globals().update(backend_suites(RealRedisBackend, "RealRedis"))
+globals().update(backend_suites(RedisSentinelBackend, "RedisSentinel"))
+globals().update(backend_suites(RedisClusterBackend, "RedisCluster"))
 
 
 async def test_cluster_spreads_grants_over_masters(redis_cluster: RedisClusterProcesses) -> None:

@@ -15,7 +15,7 @@ from sidecar.store import open_store
 from sidecar.store.base import StoreUnavailable, TokenStore
 from sidecar.store.redis import RedisTokenStore
 from tests.support.redis_servers import RedisClusterProcesses, RedisServer, random_prefix, start_cluster
-from tests.support.store_contract import (
+from tests.support.store_harness import (
     CONTRACT_KEY,
     CONTRACT_KID,
     FakeClock,

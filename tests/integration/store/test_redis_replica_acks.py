@@ -27,7 +27,7 @@ from tests.support.redis_servers import (
     start_cluster,
     start_server,
 )
-from tests.support.store_contract import CONTRACT_KEY, CONTRACT_KID
+from tests.support.store_harness import CONTRACT_KEY, CONTRACT_KID
 
 pytestmark = pytest.mark.redis
 REDIS_TIMEOUT = 4.0  # the ack timeout is min(1 s, half of this)

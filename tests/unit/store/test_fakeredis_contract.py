@@ -1,4 +1,4 @@
-"""The TokenStore contract suite on the Redis store over fakeredis (Lua runs in fakeredis' Lua 5.1)."""
+"""The store contract suites (one per protocol) on the Redis store over fakeredis (Lua runs in fakeredis' Lua 5.1)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import fakeredis
 import pytest
 
 from sidecar.store.base import StoreUnavailable
-from tests.support.store_contract import Harness, StoreContract, every_operation, redis_harness
+from tests.support.store_contract import backend_suites
+from tests.support.store_harness import Harness, every_operation, redis_harness
 
 
 @pytest.fixture
@@ -22,10 +23,13 @@ async def fake() -> AsyncIterator[tuple[Harness, fakeredis.FakeServer]]:
     await raw.aclose()
 
 
-class TestFakeRedisStore(StoreContract):
+class FakeRedisBackend:
     @pytest.fixture
     def h(self, fake: tuple[Harness, fakeredis.FakeServer]) -> Harness:
         return fake[0]
+
+
+globals().update(backend_suites(FakeRedisBackend, "FakeRedis"))
 
 
 async def test_every_operation_reports_store_unavailable_when_redis_is_down(

@@ -1,17 +1,21 @@
-"""The TokenStore contract suite on the in-process memory store."""
+"""The store contract suites (one per protocol) on the in-process memory store."""
 
 from __future__ import annotations
 
 import pytest
 
 from sidecar.store.memory import SWEEP_INTERVAL_SECONDS
-from tests.support.store_contract import GRACE_SECONDS, Harness, StoreContract, memory_harness, new_grant
+from tests.support.store_contract import backend_suites
+from tests.support.store_harness import GRACE_SECONDS, Harness, memory_harness, new_grant
 
 
-class TestMemoryStore(StoreContract):
+class MemoryBackend:
     @pytest.fixture
     def h(self) -> Harness:
         return memory_harness()
+
+
+globals().update(backend_suites(MemoryBackend, "Memory"))
 
 
 async def test_expired_records_are_swept() -> None:
