@@ -155,7 +155,8 @@ class Ticket:
         return body
 
     def stream_filter(self, content_type: str) -> SseFilter | None:
-        if self.list_ids and self.visible is not None and content_type.startswith("text/event-stream"):
+        # RFC 9110 §8.3.1: media types are case-insensitive ("Text/Event-Stream" is SSE too, never read whole).
+        if self.list_ids and self.visible is not None and content_type.lower().startswith("text/event-stream"):
             return SseFilter(self.list_ids, self.visible)
         return None
 
