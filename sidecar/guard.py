@@ -42,7 +42,7 @@ from sidecar.mcp_message import (
 from sidecar.metrics import Metrics
 from sidecar.policy import Call, Caller, Decision, Outcome, Policy, needed_scopes
 from sidecar.tokens import scopes_of
-from sidecar.tool_filter import SseFilter, filter_json
+from sidecar.tool_filter import ANY_ID, SseFilter, filter_json
 
 if TYPE_CHECKING:
     from sidecar.refresh import CredentialBroker
@@ -214,6 +214,12 @@ class Guard:
         subject = ticket.subject = await self._subject_of(identity)
         policy = self._policy
         if request.method != "POST" and not request.body_exists:
+            if self._hide and policy is not None and request.method == "GET" and "Last-Event-ID" in request.headers:
+                # A resumed stream replays the events of an earlier POST, tools/list answers included (MCP
+                # "Resumability and Redelivery"): filtered like the POST's own answer, whatever their ids.
+                caller = Caller(subject.claims, subject.scopes)
+                ticket.list_ids = [ANY_ID]
+                ticket.visible = lambda tool: policy.visible(caller, tool)
             return  # GET (the server's SSE stream), DELETE (session end): no JSON-RPC message to judge
         length = request.content_length
         if policy is None and (length is None or length > AUDIT_PARSE_BYTES):

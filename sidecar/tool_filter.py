@@ -26,6 +26,9 @@ _LINE_END: Final = re.compile(rb"\r\n|\n|\r")
 _WS: Final = b" \t\r\n"
 
 Visible = Callable[[str], bool]
+# In place of the request ids: every response counts as a tools/list answer. For a resumed stream (a GET with
+# Last-Event-ID replays the answers of an earlier POST, whose tools/list ids this request does not carry).
+ANY_ID: Final = object()
 
 
 class FilterError(Exception):
@@ -36,7 +39,11 @@ class FilterError(Exception):
 def filter_message(message: Any, ids: Sequence[Any], visible: Visible) -> tuple[bool, Any]:
     """``(answered, replacement or None)``: whether this message answers a ``tools/list`` id, and the filtered
     message when something was removed."""
-    if not isinstance(message, dict) or "id" not in message or not any(same_id(message["id"], i) for i in ids):
+    if (
+        not isinstance(message, dict)
+        or "id" not in message
+        or not any(i is ANY_ID or same_id(message["id"], i) for i in ids)
+    ):
         return False, None
     result = message.get("result")
     if not isinstance(result, dict) or not isinstance(result.get("tools"), list):

@@ -164,3 +164,34 @@ async def test_a_deeply_nested_answer_is_relayed_not_a_500(
     assert resp.status in (200, 502), resp.status
     if resp.status == 200:
         assert b"delete_all" not in await resp.read()  # filtered, or refused: never passed on unfiltered
+
+
+async def test_a_resumed_stream_does_not_replay_denied_tools(start_sidecar: SidecarFactory) -> None:
+    """POST tools/list, drop the connection, then GET with Last-Event-ID: the server replays the stream's events
+    (MCP "Resumability and Redelivery"), tools/list answer included, on a request that named no tools/list."""
+    replay = b"id: s1-2\nevent: message\ndata: " + json.dumps({**TOOLS, "id": 7}).encode() + b"\n\n"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        if request.headers.get("Last-Event-ID") == "s1-1":
+            await resp.write(replay)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    server = await serve(app)
+    try:
+        sidecar = await start_sidecar(str(server.make_url("")).rstrip("/"), tool_policy=POLICY,
+                                      hide_denied_tools=True)
+        headers = {"Accept": "text/event-stream", "Authorization": HEADERS["Authorization"],
+                   "Mcp-Session-Id": "s1", "Last-Event-ID": "s1-1"}
+        resp = await sidecar.get("/mcp", headers=headers)
+        body = await resp.read()
+    finally:
+        await server.close()
+    assert resp.status == 200
+    data = json.loads(body.split(b"data: ", 1)[1].split(b"\n", 1)[0])
+    assert [t["name"] for t in data["result"]["tools"]] == ["echo"]
+    assert body.startswith(b"id: s1-2\n")  # the event id stays, so the client can resume again
