@@ -228,7 +228,9 @@ class Guard:
         body = ticket.body = await _read_body(request)
         ticket.request_bytes = len(body)
         try:
-            if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # Every Content-Encoding field, not the first: a later "gzip" is what a decoding server would apply.
+            codings = {c.strip().lower() for v in request.headers.getall("Content-Encoding", ()) for c in v.split(",")}
+            if codings - {"identity", ""}:
                 raise MessageError("a compressed request body cannot be checked against the tool policy")
             messages = ticket.messages = parse_body(body)
             if policy is not None:

@@ -47,6 +47,13 @@ log = logging.getLogger("sidecar.server")
 # 431 by the bearer check; the parser itself refuses lines beyond these (400) before any handler runs.
 MAX_FIELD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 16 * 1024
+# The client connection's parser options (tests serve with the same). auto_decompress off: aiohttp would
+# otherwise inflate a Content-Encoding: gzip/deflate/br request body, so the MCP server got bytes that no longer
+# match their headers (and a small bomb as a large upload), and a body that does not inflate was a 500. The
+# relay forwards request bodies byte for byte; a tool policy refuses a compressed one (sidecar.guard).
+RUNNER_OPTIONS: dict[str, Any] = {
+    "max_field_size": MAX_FIELD_BYTES, "max_line_size": MAX_LINE_BYTES, "auto_decompress": False,
+}
 # After open streams were ended at the end of shutdown_timeout_seconds: time for their last bytes and the
 # chunked terminator to reach the client before whatever is still running is cancelled.
 STREAM_END_GRACE_SECONDS = 2.0
@@ -173,8 +180,7 @@ def _runner(app: web.Application, settings: Settings) -> web.AppRunner:
         handle_signals=False,
         access_log=None,
         handler_cancellation=True,  # a client that disconnects cancels the backend call at once
-        max_field_size=MAX_FIELD_BYTES,
-        max_line_size=MAX_LINE_BYTES,
+        **RUNNER_OPTIONS,
         # aiohttp waits this long for in-flight handlers once the listener is closed, then cancels them. Streams
         # are ended (cleanly) at shutdown_timeout_seconds, a little before that.
         shutdown_timeout=settings.shutdown_timeout_seconds + STREAM_END_GRACE_SECONDS,
