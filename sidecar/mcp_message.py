@@ -145,3 +145,20 @@ def same_id(a: Any, b: Any) -> bool:
 
 def as_mapping(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
+
+
+def within_values(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value holds at most ``limit`` values in all (iterative: no recursion limit, and it
+    stops as soon as the count is passed, so a huge value costs no more than a small one)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
