@@ -22,6 +22,7 @@ from yarl import URL
 
 from sidecar.auth import Authenticator, Identity
 from sidecar.backend import (
+    BackendBodyTooLarge,
     BackendConnectError,
     BackendConnectTimeout,
     BackendDisconnected,
@@ -71,6 +72,8 @@ def _translate(exc: BaseException, headers_timeout: float) -> HTTPProblem:
         return BadGateway("the MCP server is not reachable (connection refused or failed)")
     if isinstance(exc, BackendDisconnected):
         return BadGateway("the MCP server closed the connection before answering")
+    if isinstance(exc, BackendBodyTooLarge):
+        return BadGateway(f"the MCP server's answer is too large to check ({exc})")
     if isinstance(exc, BackendProtocolError):
         return BadGateway(f"the MCP server sent an invalid HTTP response: {exc}")
     if isinstance(exc, BackendRequestMismatch):
