@@ -69,6 +69,11 @@ def loads(body: bytes | str) -> Any:
         raise MessageError(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
     except RecursionError:
         raise MessageError("the body nests too deeply") from None
+    except MessageError:
+        raise
+    except ValueError:
+        # Python's integer conversion limit (sys.get_int_max_str_digits, 4300 digits by default).
+        raise MessageError("the body holds a number too long to read") from None
 
 
 def _message(obj: Any) -> Message:
