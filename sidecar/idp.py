@@ -661,7 +661,7 @@ class IdPClient:
         if doc is None:
             try:
                 doc = json.loads(answer.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 doc = None
         error = doc.get("error") if isinstance(doc, dict) else None
         oauth_status = 400 <= status < 500 or 200 <= status < 300
@@ -770,7 +770,7 @@ class IdPClient:
     def _json_object(answer: _HttpAnswer, what: str) -> dict[str, Any]:
         try:
             doc = json.loads(answer.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise IdPUnavailable(f"the IdP's {what} answer is not JSON", status=answer.status) from exc
         if not isinstance(doc, dict):
             raise IdPUnavailable(f"the IdP's {what} answer is not a JSON object", status=answer.status)

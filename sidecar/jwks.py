@@ -81,7 +81,8 @@ class JwksVerifier:
                     )
                 keyset = jwt.PyJWKSet.from_json(body.decode("utf-8"))
             except (
-                aiohttp.ClientError, TimeoutError, BodyTooLarge, ValueError, UnicodeDecodeError, jwt.PyJWTError
+                aiohttp.ClientError, TimeoutError, BodyTooLarge, ValueError, UnicodeDecodeError, RecursionError,
+                jwt.PyJWTError,
             ) as exc:
                 log.warning("cannot fetch JWKS", extra={"jwks_url": self._url, "error": type(exc).__name__})
                 return

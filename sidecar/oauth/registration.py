@@ -143,7 +143,7 @@ async def handle(request: web.Request) -> web.Response:
             raise InvalidClientMetadata("the registration request is too large")
         try:
             meta = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past the parser's depth
             raise InvalidClientMetadata("the registration request is not valid JSON") from None
         client, echo = validate(meta)
         secret: str | None = None
