@@ -187,6 +187,17 @@ def _runner(app: web.Application, settings: Settings) -> web.AppRunner:
     )
 
 
+def _metrics_runner(registry: Any, settings: Settings) -> web.AppRunner:
+    """The metrics port's runner. It shares the process (and its file descriptors) with the MCP port, so it cuts
+    off an unfinished request head the same way (slowloris)."""
+    return SidecarRunner(
+        metrics_app(exposition_registry(registry)),
+        request_header_timeout=settings.request_header_timeout_seconds,
+        handle_signals=False,
+        access_log=None,
+    )
+
+
 async def _wait_for_signal() -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -205,7 +216,7 @@ async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, wor
     await site.start()
     metrics_runner = None
     if with_metrics:
-        metrics_runner = web.AppRunner(metrics_app(exposition_registry(metrics.registry)), access_log=None)
+        metrics_runner = _metrics_runner(metrics.registry, settings)
         await metrics_runner.setup()
         mhost, mport = parse_host_port(settings.metrics_listen)
         await web.TCPSite(metrics_runner, mhost, mport).start()
@@ -279,7 +290,7 @@ async def _supervise(settings: Settings) -> None:
 
     for i in range(settings.workers):
         start(i)
-    metrics_runner = web.AppRunner(metrics_app(exposition_registry(Metrics().registry)), access_log=None)
+    metrics_runner = _metrics_runner(Metrics().registry, settings)
     await metrics_runner.setup()
     mhost, mport = parse_host_port(settings.metrics_listen)
     await web.TCPSite(metrics_runner, mhost, mport).start()
