@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Final
 from sidecar.connection import READ_HIGH_WATER, Exchange
 from sidecar.http1 import (
     CHUNKED,
+    BackendBodyTooLarge,
     BackendConnectError,
     BackendConnectTimeout,
     BackendDisconnected,
@@ -66,6 +67,7 @@ __all__ = [
     "COALESCE_BODY_BYTES",
     "IDEMPOTENT_METHODS",
     "READ_HIGH_WATER",
+    "BackendBodyTooLarge",
     "BackendConnectError",
     "BackendConnectTimeout",
     "BackendDisconnected",
@@ -129,9 +131,14 @@ class BackendResponse:
     def at_eof(self) -> bool:
         return self._x.complete and not self._x.chunks
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; more than ``limit`` bytes raise :class:`BackendBodyTooLarge` (nothing more is read)."""
         parts: list[bytes] = []
+        total = 0
         while (chunk := await self._x.next_chunk()) is not None:
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise BackendBodyTooLarge(f"the response body is larger than {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 

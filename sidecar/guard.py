@@ -42,7 +42,7 @@ from sidecar.mcp_message import (
 from sidecar.metrics import Metrics
 from sidecar.policy import Call, Caller, Decision, Outcome, Policy, needed_scopes
 from sidecar.tokens import scopes_of
-from sidecar.tool_filter import SseFilter, filter_json
+from sidecar.tool_filter import ANY_ID, SseFilter, filter_json
 
 if TYPE_CHECKING:
     from sidecar.refresh import CredentialBroker
@@ -155,7 +155,8 @@ class Ticket:
         return body
 
     def stream_filter(self, content_type: str) -> SseFilter | None:
-        if self.list_ids and self.visible is not None and content_type.startswith("text/event-stream"):
+        # RFC 9110 §8.3.1: media types are case-insensitive ("Text/Event-Stream" is SSE too, never read whole).
+        if self.list_ids and self.visible is not None and content_type.lower().startswith("text/event-stream"):
             return SseFilter(self.list_ids, self.visible)
         return None
 
@@ -213,6 +214,12 @@ class Guard:
         subject = ticket.subject = await self._subject_of(identity)
         policy = self._policy
         if request.method != "POST" and not request.body_exists:
+            if self._hide and policy is not None and request.method == "GET" and "Last-Event-ID" in request.headers:
+                # A resumed stream replays the events of an earlier POST, tools/list answers included (MCP
+                # "Resumability and Redelivery"): filtered like the POST's own answer, whatever their ids.
+                caller = Caller(subject.claims, subject.scopes)
+                ticket.list_ids = [ANY_ID]
+                ticket.visible = lambda tool: policy.visible(caller, tool)
             return  # GET (the server's SSE stream), DELETE (session end): no JSON-RPC message to judge
         length = request.content_length
         if policy is None and (length is None or length > AUDIT_PARSE_BYTES):
@@ -221,7 +228,9 @@ class Guard:
         body = ticket.body = await _read_body(request)
         ticket.request_bytes = len(body)
         try:
-            if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            # Every Content-Encoding field, not the first: a later "gzip" is what a decoding server would apply.
+            codings = {c.strip().lower() for v in request.headers.getall("Content-Encoding", ()) for c in v.split(",")}
+            if codings - {"identity", ""}:
                 raise MessageError("a compressed request body cannot be checked against the tool policy")
             messages = ticket.messages = parse_body(body)
             if policy is not None:

@@ -58,6 +58,10 @@ class BackendProtocolError(BackendError):
     """The backend sent something that is not HTTP/1.1, or a header that cannot be relayed unchanged."""
 
 
+class BackendBodyTooLarge(BackendProtocolError):
+    """A response body the sidecar must read whole (to filter it) is larger than its cap."""
+
+
 class BackendRequestMismatch(BackendError):
     """The request body did not have the length its framing declared; the connection was closed."""
 

@@ -75,7 +75,7 @@ def parse_key_set(body: bytes) -> dict[str | None, SigningKey]:
     """The usable signing keys of a JWK Set document, by ``kid`` (``None`` for a key without one)."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise KeySetUnavailable("the key set is not JSON") from exc
     raw_keys = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(raw_keys, list):

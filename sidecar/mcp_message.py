@@ -69,6 +69,11 @@ def loads(body: bytes | str) -> Any:
         raise MessageError(f"the body is not valid JSON ({exc.msg} at position {exc.pos})") from None
     except RecursionError:
         raise MessageError("the body nests too deeply") from None
+    except MessageError:
+        raise
+    except ValueError:
+        # Python's integer conversion limit (sys.get_int_max_str_digits, 4300 digits by default).
+        raise MessageError("the body holds a number too long to read") from None
 
 
 def _message(obj: Any) -> Message:
@@ -145,3 +150,20 @@ def same_id(a: Any, b: Any) -> bool:
 
 def as_mapping(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
+
+
+def within_values(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value holds at most ``limit`` values in all (iterative: no recursion limit, and it
+    stops as soon as the count is passed, so a huge value costs no more than a small one)."""
+    count = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True

@@ -33,12 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from sidecar.mcp_message import within_values
+
 # Bounds of the decision caches (see Policy): distinct (method, tool) pairs, and (caller, method, tool) triples.
 SELECTION_CACHE_ENTRIES: Final = 4096
 CONTEXT_CACHE_ENTRIES: Final = 4096
 RULE_KEYS: Final = frozenset({"tools", "methods", "scopes", "claims", "when"})
 MAX_GLOB_CHARS: Final = 256
 MAX_WHEN_CHARS: Final = 4096
+# The JSON values (objects, arrays and scalars, counted together) of a call's params a CEL condition may see.
+# Converting params into CEL values costs ~10 µs per value on the event loop; without a bound one 8 MB body held
+# a worker for seconds. A call beyond this is denied by any condition that reads mcp.params (fails closed).
+MAX_CEL_PARAM_VALUES: Final = 10_000
 CEL_ROOTS: Final = frozenset({"jwt", "mcp"})
 # The functions of the CEL standard definitions that this runtime implements (cel-spec "List of Standard
 # Definitions"; cel-go's extension libraries such as split() or lowerAscii() are not in the Rust crate). Anything
@@ -76,6 +82,7 @@ class Decision:
 ALLOWED_BY_RULES: Final = Decision(Outcome.ALLOW, "rules")
 ALLOWED_BY_DEFAULT: Final = Decision(Outcome.ALLOW, "default_allow")
 DENIED_BY_DEFAULT: Final = Decision(Outcome.ACCESS_DENIED, "default_deny")
+PARAMS_TOO_LARGE: Final = Decision(Outcome.ACCESS_DENIED, "params_too_large")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +211,8 @@ class Policy:
                 if when.reads_params:
                     if call.params is None:
                         continue  # decided at call time only
+                    if not within_values(call.params, MAX_CEL_PARAM_VALUES):
+                        return PARAMS_TOO_LARGE
                     activation: Any = cel_activation(caller, call)
                 else:
                     activation = self._static_context(caller, call)

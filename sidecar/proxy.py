@@ -22,6 +22,7 @@ from yarl import URL
 
 from sidecar.auth import Authenticator, Identity
 from sidecar.backend import (
+    BackendBodyTooLarge,
     BackendConnectError,
     BackendConnectTimeout,
     BackendDisconnected,
@@ -47,7 +48,7 @@ from sidecar.cors import CorsPolicy
 from sidecar.guard import Guard, Ticket
 from sidecar.headers import RequestHeaderPolicy, response_headers
 from sidecar.metrics import Metrics
-from sidecar.tool_filter import FilterError, SseFilter
+from sidecar.tool_filter import MAX_FILTERED_BODY_BYTES, FilterError, SseFilter
 
 log = logging.getLogger("sidecar.proxy")
 
@@ -71,6 +72,8 @@ def _translate(exc: BaseException, headers_timeout: float) -> HTTPProblem:
         return BadGateway("the MCP server is not reachable (connection refused or failed)")
     if isinstance(exc, BackendDisconnected):
         return BadGateway("the MCP server closed the connection before answering")
+    if isinstance(exc, BackendBodyTooLarge):
+        return BadGateway(f"the MCP server's answer is too large to check ({exc})")
     if isinstance(exc, BackendProtocolError):
         return BadGateway(f"the MCP server sent an invalid HTTP response: {exc}")
     if isinstance(exc, BackendRequestMismatch):
@@ -190,6 +193,12 @@ class Proxy:
         ticket: Ticket | None = None,
     ) -> web.StreamResponse:
         headers = self._headers.build(request.headers, remote=request.remote, inject=inject)
+        if ticket is not None and ticket.filters():
+            # hide_denied_tools reads the answer: a compressed one could not be filtered (and would reach the
+            # client whole), so the backend is asked for it uncompressed (RFC 9110 §12.5.3).
+            for name in [k for k in headers if k.lower().replace("_", "-") == "accept-encoding"]:
+                headers.popall(name, None)
+            headers["Accept-Encoding"] = "identity"
         data: Body
         length = request.content_length
         if ticket is not None and ticket.body is not None:
@@ -247,6 +256,10 @@ class Proxy:
         whole = False
         if ticket is not None and ticket.filters():
             # hide_denied_tools: JSON answers are read whole and filtered; SSE is filtered event by event.
+            if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+                # Asked for identity and sent something else: its tools cannot be read, so it is not passed on.
+                self._metrics.backend_errors.labels("unfilterable").inc()
+                raise BadGateway("the MCP server compressed a tools/list answer the sidecar must filter")
             sse = ticket.stream_filter(headers.get("Content-Type", ""))
             whole = sse is None
             headers.popall("Content-Length", None)
@@ -257,13 +270,19 @@ class Proxy:
             or (length is not None and length <= SMALL_BODY_BYTES)
         ):
             try:
-                body = await backend.read() if request.method != "HEAD" else b""
+                # A body read whole only to be filtered is capped: the backend cannot make the sidecar hold more.
+                limit = MAX_FILTERED_BODY_BYTES if whole else None
+                body = await backend.read(limit) if request.method != "HEAD" else b""
             except BackendError as exc:
                 problem = _translate(exc, self._headers_timeout)
                 self._metrics.backend_errors.labels("broken_body").inc()
                 raise problem from None
             if ticket is not None:
-                body = ticket.filter_body(body)
+                try:
+                    body = ticket.filter_body(body)
+                except FilterError as exc:
+                    self._metrics.backend_errors.labels("unfilterable").inc()
+                    raise BadGateway(f"the MCP server's answer cannot be checked: {exc}") from None
             resp = _Relayed(status=status, reason=backend.reason, headers=headers)
             resp.untyped = "Content-Type" not in headers
             if body:

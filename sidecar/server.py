@@ -47,6 +47,13 @@ log = logging.getLogger("sidecar.server")
 # 431 by the bearer check; the parser itself refuses lines beyond these (400) before any handler runs.
 MAX_FIELD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 16 * 1024
+# The client connection's parser options (tests serve with the same). auto_decompress off: aiohttp would
+# otherwise inflate a Content-Encoding: gzip/deflate/br request body, so the MCP server got bytes that no longer
+# match their headers (and a small bomb as a large upload), and a body that does not inflate was a 500. The
+# relay forwards request bodies byte for byte; a tool policy refuses a compressed one (sidecar.guard).
+RUNNER_OPTIONS: dict[str, Any] = {
+    "max_field_size": MAX_FIELD_BYTES, "max_line_size": MAX_LINE_BYTES, "auto_decompress": False,
+}
 # After open streams were ended at the end of shutdown_timeout_seconds: time for their last bytes and the
 # chunked terminator to reach the client before whatever is still running is cancelled.
 STREAM_END_GRACE_SECONDS = 2.0
@@ -173,11 +180,21 @@ def _runner(app: web.Application, settings: Settings) -> web.AppRunner:
         handle_signals=False,
         access_log=None,
         handler_cancellation=True,  # a client that disconnects cancels the backend call at once
-        max_field_size=MAX_FIELD_BYTES,
-        max_line_size=MAX_LINE_BYTES,
+        **RUNNER_OPTIONS,
         # aiohttp waits this long for in-flight handlers once the listener is closed, then cancels them. Streams
         # are ended (cleanly) at shutdown_timeout_seconds, a little before that.
         shutdown_timeout=settings.shutdown_timeout_seconds + STREAM_END_GRACE_SECONDS,
+    )
+
+
+def _metrics_runner(registry: Any, settings: Settings) -> web.AppRunner:
+    """The metrics port's runner. It shares the process (and its file descriptors) with the MCP port, so it cuts
+    off an unfinished request head the same way (slowloris)."""
+    return SidecarRunner(
+        metrics_app(exposition_registry(registry)),
+        request_header_timeout=settings.request_header_timeout_seconds,
+        handle_signals=False,
+        access_log=None,
     )
 
 
@@ -199,7 +216,7 @@ async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, wor
     await site.start()
     metrics_runner = None
     if with_metrics:
-        metrics_runner = web.AppRunner(metrics_app(exposition_registry(metrics.registry)), access_log=None)
+        metrics_runner = _metrics_runner(metrics.registry, settings)
         await metrics_runner.setup()
         mhost, mport = parse_host_port(settings.metrics_listen)
         await web.TCPSite(metrics_runner, mhost, mport).start()
@@ -273,7 +290,7 @@ async def _supervise(settings: Settings) -> None:
 
     for i in range(settings.workers):
         start(i)
-    metrics_runner = web.AppRunner(metrics_app(exposition_registry(Metrics().registry)), access_log=None)
+    metrics_runner = _metrics_runner(Metrics().registry, settings)
     await metrics_runner.setup()
     mhost, mport = parse_host_port(settings.metrics_listen)
     await web.TCPSite(metrics_runner, mhost, mport).start()

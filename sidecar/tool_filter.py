@@ -20,20 +20,30 @@ from sidecar.mcp_message import same_id
 
 # One SSE event is held in memory at most this long; a longer one ends the stream (it cannot be checked).
 MAX_EVENT_BYTES: Final = 8 * 1024 * 1024
+# A JSON tools/list answer is read whole to be filtered; beyond this it is refused (502), never held in memory.
+MAX_FILTERED_BODY_BYTES: Final = MAX_EVENT_BYTES
 _LINE_END: Final = re.compile(rb"\r\n|\n|\r")
 _WS: Final = b" \t\r\n"
 
 Visible = Callable[[str], bool]
+# In place of the request ids: every response counts as a tools/list answer. For a resumed stream (a GET with
+# Last-Event-ID replays the answers of an earlier POST, whose tools/list ids this request does not carry).
+ANY_ID: Final = object()
 
 
 class FilterError(Exception):
-    """The response cannot be filtered safely (an SSE event larger than :data:`MAX_EVENT_BYTES`)."""
+    """The response cannot be filtered safely (an SSE event larger than :data:`MAX_EVENT_BYTES`, JSON nested
+    deeper than the parser goes)."""
 
 
 def filter_message(message: Any, ids: Sequence[Any], visible: Visible) -> tuple[bool, Any]:
     """``(answered, replacement or None)``: whether this message answers a ``tools/list`` id, and the filtered
     message when something was removed."""
-    if not isinstance(message, dict) or "id" not in message or not any(same_id(message["id"], i) for i in ids):
+    if (
+        not isinstance(message, dict)
+        or "id" not in message
+        or not any(i is ANY_ID or same_id(message["id"], i) for i in ids)
+    ):
         return False, None
     result = message.get("result")
     if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
@@ -86,6 +96,9 @@ def filter_json(body: bytes, ids: Sequence[Any], visible: Visible) -> bytes:
         data = json.loads(text)
     except (UnicodeDecodeError, ValueError):
         return body  # not JSON: nothing a client could read tools from
+    except RecursionError:
+        # JSON nested deeper than this parser goes: a client's parser may read it, so it is not passed on unread.
+        raise FilterError("the tools/list answer nests too deeply to check") from None
     if isinstance(data, dict):
         _, replacement = filter_message(data, ids, visible)
         return body if replacement is None else _dumps(replacement)
@@ -171,6 +184,8 @@ class SseFilter:
             message = json.loads(b"\n".join(data))
         except ValueError:
             return raw
+        except RecursionError:
+            raise FilterError("an event in the tools/list stream nests too deeply to check") from None
         answered, replacement = filter_message(message, self._pending, self._visible)
         if answered:
             self._pending = [i for i in self._pending if not same_id(i, message.get("id"))]

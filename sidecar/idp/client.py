@@ -257,7 +257,7 @@ class IdPClient:
         if doc is None:
             try:
                 doc = json.loads(answer.body)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):
                 doc = None
         error = doc.get("error") if isinstance(doc, dict) else None
         oauth_status = 400 <= status < 500 or 200 <= status < 300

@@ -64,7 +64,7 @@ class IdPTransport:
     def json_object(answer: HttpAnswer, what: str) -> dict[str, Any]:
         try:
             doc = json.loads(answer.body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise IdPUnavailable(f"the IdP's {what} answer is not JSON", status=answer.status) from exc
         if not isinstance(doc, dict):
             raise IdPUnavailable(f"the IdP's {what} answer is not a JSON object", status=answer.status)

@@ -365,7 +365,7 @@ class CimdFetcher:
             raise CimdError("the client metadata document could not be fetched") from exc
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise CimdError("the client metadata document is not JSON") from exc
         client = client_from_document(client_id, doc)
         if ttl > 0:

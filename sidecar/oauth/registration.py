@@ -144,7 +144,7 @@ async def handle(request: web.Request) -> web.Response:
             raise InvalidClientMetadata("the registration request is too large")
         try:
             meta = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past the parser's depth
             raise InvalidClientMetadata("the registration request is not valid JSON") from None
         client, echo = validate(meta)
         # RFC 7591 §3.2.1, right after client_id as always; the time is the state's clock (tests move it).

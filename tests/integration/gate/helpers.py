@@ -9,10 +9,10 @@ from aiohttp.test_utils import TestClient
 
 from sidecar.app import METRICS
 from sidecar.metrics import Metrics
-from sidecar.server import MAX_FIELD_BYTES, MAX_LINE_BYTES
+from sidecar.server import RUNNER_OPTIONS
 
 # sidecar.server's parser limits (handler_cancellation=True is aiohttp TestServer's default, as in production).
-RUNNER: dict[str, Any] = {"max_field_size": MAX_FIELD_BYTES, "max_line_size": MAX_LINE_BYTES}
+RUNNER: dict[str, Any] = dict(RUNNER_OPTIONS)
 PUBLIC = "https://mcp.example.com"
 
 SidecarFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
