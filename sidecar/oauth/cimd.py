@@ -45,7 +45,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from sidecar.bounded import BodyTooLarge, read_bounded
-from sidecar.oauth.clients import Client, clean_name, parse_plain_uri, redirect_uri_problem
+from sidecar.oauth.clients import Client, clean_name, is_private_use, parse_plain_uri, redirect_uri_problem
 
 log = logging.getLogger("sidecar.oauth.cimd")
 
@@ -200,12 +200,13 @@ def client_from_document(client_id: str, doc: Any) -> Client:
     method = doc.get("token_endpoint_auth_method", "none")
     if method != "none":
         raise CimdError("client metadata documents must use token_endpoint_auth_method 'none' here")
-    application_type = doc.get("application_type", "web")
-    if application_type not in ("web", "native"):
-        raise CimdError("application_type must be 'web' or 'native'")
     uris = doc.get("redirect_uris")
     if not isinstance(uris, list) or not uris:
         raise CimdError("the client metadata document has no redirect_uris")
+    # As at registration: without application_type, a private-use redirect scheme makes the client native.
+    application_type = doc.get("application_type", "native" if any(is_private_use(u) for u in uris) else "web")
+    if application_type not in ("web", "native"):
+        raise CimdError("application_type must be 'web' or 'native'")
     for uri in uris:
         problem = redirect_uri_problem(uri, application_type)
         if problem is not None:

@@ -4,8 +4,11 @@
   RFC 9700 §4.1.1: redirect URIs are compared by exact string match.
 * RFC 8252 §7.3: "The authorization server MUST allow any port to be specified at the time of the request
   for loopback IP redirect URIs" (``http://127.0.0.1``, ``http://[::1]``): for those only the port may vary.
-  §8.3: plain ``http`` is allowed for loopback only. §7.1: native apps may use a private-use scheme in
-  reverse-domain form (it must contain a ``.``).
+  §8.3: plain ``http`` is allowed for loopback only. §7.1: native apps use a private-use scheme, which it
+  says should be in reverse-domain form (``com.example.app:``); real MCP clients register single-word schemes
+  (Cursor: ``cursor://…``), so any private-use scheme is accepted except those a browser or the system gives
+  another meaning (``javascript:``, ``data:``, ``file:``, ...: :data:`FORBIDDEN_SCHEMES`). PKCE (required)
+  is what protects a custom-scheme redirect from another app claiming the scheme (RFC 8252 §8.1).
 * OpenID Connect Registration 1.0 §2 ``application_type``: ``web`` (default) or ``native``; web clients get
   ``https`` and ``http`` on loopback (MCP clients run on the user's machine), native clients additionally
   private-use schemes.
@@ -283,6 +286,22 @@ def _loopback_ip(host: str) -> bool:
         return False
 
 
+# Schemes that are never a native app's redirect: a browser runs, reads or navigates them itself, or the system
+# hands them to another program (mail, phone, browser internals).
+FORBIDDEN_SCHEMES = frozenset({
+    "javascript", "data", "file", "vbscript", "blob", "about", "filesystem", "view-source", "ftp", "ws", "wss",
+    "mailto", "tel", "sms", "intent", "chrome", "chrome-extension", "moz-extension", "edge", "opera",
+})
+
+
+def is_private_use(uri: object) -> bool:
+    """A syntactically plain redirect URI whose scheme is neither http nor https."""
+    if not isinstance(uri, str):
+        return False
+    parts = parse_plain_uri(uri)
+    return not isinstance(parts, str) and parts.scheme not in ("http", "https")
+
+
 def redirect_uri_problem(uri: object, application_type: str) -> str | None:
     """Why ``uri`` cannot be registered or requested, or ``None`` when it can."""
     if not isinstance(uri, str) or not uri:
@@ -299,9 +318,9 @@ def redirect_uri_problem(uri: object, application_type: str) -> str | None:
         return "http redirect URIs are allowed on loopback only (127.0.0.1, [::1], localhost); use https"
     if application_type != "native":
         return "web clients must use https (or http on loopback) redirect URIs"
-    # RFC 8252 §7.1: "a URI scheme based on a domain name under their control, expressed in reverse order".
-    if "." not in parts.scheme or parts.scheme in ("javascript", "data", "file", "vbscript", "blob"):
-        return "private-use redirect URI schemes must be in reverse-domain form (com.example.app:/cb)"
+    # RFC 8252 §7.1 private-use schemes ("com.example.app:/cb"; single-word ones such as "cursor://" too).
+    if parts.scheme in FORBIDDEN_SCHEMES:
+        return f"{parts.scheme}: is not a redirect URI scheme an app can receive; use https or a private-use scheme"
     return None
 
 

@@ -31,6 +31,7 @@ from sidecar.oauth.clients import (
     Client,
     clean_name,
     hash_secret,
+    is_private_use,
     redirect_uri_problem,
 )
 from sidecar.oauth.common import SECRET_BYTES, check_rate, read_limited
@@ -82,12 +83,15 @@ def validate(meta: Any) -> tuple[Client, dict[str, Any]]:
     """
     if not isinstance(meta, dict):
         raise InvalidClientMetadata("the registration request must be a JSON object")
-    application_type = meta.get("application_type", "web")
-    if application_type not in ("web", "native"):
-        raise InvalidClientMetadata("application_type must be 'web' or 'native'")
     uris = meta.get("redirect_uris")
     if not isinstance(uris, list) or not uris:
         raise InvalidRedirectUri("redirect_uris must be a non-empty list")
+    # OIDC Registration §2 defaults application_type to "web", but MCP clients that register a private-use
+    # scheme (Cursor's "cursor://...") send none: such a client is a native app. An explicit "web" stays web.
+    default_type = "native" if any(is_private_use(u) for u in uris) else "web"
+    application_type = meta.get("application_type", default_type)
+    if application_type not in ("web", "native"):
+        raise InvalidClientMetadata("application_type must be 'web' or 'native'")
     if len(uris) > MAX_REDIRECT_URIS:
         raise InvalidRedirectUri(f"at most {MAX_REDIRECT_URIS} redirect URIs")
     for uri in uris:

@@ -46,7 +46,11 @@ def settings(**extra: Any) -> Settings:
         ("com.example.app:/oauth2redirect", "native", True),
         ("com.example.app:/oauth2redirect", "web", False),
         ("javascript:alert(1)", "native", False),
-        ("myapp:/cb", "native", False),
+        ("data:text/html,x", "native", False),
+        ("file:///etc/passwd", "native", False),
+        ("myapp:/cb", "native", True),  # single-word private-use schemes: real MCP clients use them
+        ("cursor://anysphere.cursor-retrieval/oauth/user-mcp/callback", "native", True),
+        ("cursor://anysphere.cursor-retrieval/oauth/user-mcp/callback", "web", False),
         ("https://app.example.com/c b", "web", False),
         (42, "web", False),
     ],
@@ -246,3 +250,16 @@ def test_remaining_never_exceeds_real_life() -> None:
 def test_with_params() -> None:
     assert with_params("https://a/cb?x=1", {"code": "c", "state": None}) == "https://a/cb?x=1&code=c"
     assert with_params("com.example.app:/cb", {"code": "a b"}) == "com.example.app:/cb?code=a+b"
+
+
+def test_a_client_registering_a_private_use_scheme_without_application_type_is_native() -> None:
+    """Cursor registers ``cursor://…`` and sends no application_type: it is a native app, not refused."""
+    from sidecar.oauth.errors import InvalidRedirectUri
+    from sidecar.oauth.registration import validate
+
+    cursor = "cursor://anysphere.cursor-retrieval/oauth/user-mcp/callback"
+    client, echoed = validate({"redirect_uris": [cursor], "token_endpoint_auth_method": "none"})
+    assert client.application_type == "native" and echoed["application_type"] == "native"
+    assert list(client.redirect_uris) == [cursor]
+    with pytest.raises(InvalidRedirectUri, match="https"):
+        validate({"redirect_uris": [cursor], "application_type": "web"})
