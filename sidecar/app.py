@@ -17,6 +17,7 @@ from aiohttp import web
 from sidecar.audit import AUDIT, AuditLog
 from sidecar.auth import Authenticator, GateAuthenticator
 from sidecar.backend import BackendPool
+from sidecar.challenge import MethodNotAllowed
 from sidecar.config import Settings
 from sidecar.cors import CorsPolicy, origin_of
 from sidecar.guard import BrokerSubjects, GateSubjects, Guard, SubjectOf
@@ -113,9 +114,33 @@ def build_app(
     if settings.mode == "broker":
         add_routes(app, settings)  # before the catch-all: /oauth/* and the AS metadata are answered here
     # [\s\S], not ".": an encoded line break in a path (%0A) is still a path the backend may answer.
+    _refuse_other_methods(app)  # the sidecar's own paths never fall through to the relay
     app.router.add_route("*", "/{tail:[\\s\\S]*}", _proxy)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+def _refuse_other_methods(app: web.Application) -> None:
+    """Give every route of the sidecar's own (metadata, health, OAuth) a 405 for the methods it does not serve:
+    without it, aiohttp would hand ``POST /oauth/authorize`` or ``DELETE /.well-known/…`` to the catch-all
+    relay, and the MCP server would see requests under the sidecar's own paths."""
+    # One path may span several resources (routes added apart): the union of their methods is allowed, and
+    # the refusal goes on the last of them, since aiohttp tries a path's resources in order.
+    last: dict[str, web.Resource] = {}
+    methods: dict[str, set[str]] = {}
+    for resource in app.router.resources():
+        if isinstance(resource, web.Resource):
+            last[resource.canonical] = resource
+            methods.setdefault(resource.canonical, set()).update(route.method for route in resource)
+    for canonical, resource in last.items():
+        if "*" in methods[canonical] or not methods[canonical]:
+            continue
+        allowed = ", ".join(sorted(methods[canonical]))
+
+        async def refuse(request: web.Request, allowed: str = allowed) -> web.Response:
+            return MethodNotAllowed(request.method, allowed).response()
+
+        resource.add_route("*", refuse)
 
 
 async def _proxy(request: web.Request) -> web.StreamResponse:

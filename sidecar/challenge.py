@@ -27,6 +27,7 @@ __all__ = [
     "HeaderTooLarge",
     "InsufficientScope",
     "InvalidToken",
+    "MethodNotAllowed",
     "MissingToken",
     "ServiceUnavailable",
     "bearer_challenge",
@@ -150,6 +151,18 @@ class BadRequest(Problem):
     status = 400
     error = "invalid_request"
     reason: Reason = "bad_request"
+
+
+class MethodNotAllowed(Problem):
+    """405 on the sidecar's own paths (RFC 9110 §15.5.6): a method they do not serve is answered here, never
+    relayed to the MCP server under the sidecar's own path."""
+
+    status = 405
+    error = "invalid_request"
+    reason: Reason = "bad_request"
+
+    def __init__(self, method: str, allowed: str) -> None:
+        super().__init__(f"{method} is not allowed here; use {allowed}", headers={"Allow": allowed})
 
 
 class BadGateway(Problem):
