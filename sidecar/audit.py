@@ -53,6 +53,20 @@ def arguments_hash(arguments: Any) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+# Values from the client (tool names, methods, JSON-RPC ids, session ids) are cut to this many characters, and a
+# batch's lists to this many elements: one request cannot write megabytes into the audit trail.
+MAX_AUDIT_VALUE_CHARS: Final = 256
+MAX_AUDIT_LIST_ITEMS: Final = 100
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_AUDIT_VALUE_CHARS:
+        return value[:MAX_AUDIT_VALUE_CHARS] + "…"
+    if isinstance(value, list | tuple):
+        return [_bounded(v) for v in value[:MAX_AUDIT_LIST_ITEMS]]
+    return value
+
+
 def _timestamp(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -97,7 +111,7 @@ class AuditLog:
         record: dict[str, Any] = {"event": event, "ts": _timestamp(time.time() if now is None else now)}
         for key, value in fields.items():
             if key in FIELDS and key not in record:
-                record[key] = value
+                record[key] = _bounded(value)
         try:
             self._queue.put_nowait(record)
         except queue.Full:

@@ -105,3 +105,15 @@ async def test_sdk_client_through_allow_all_policy_and_audit_to_stdout(
     calls = [e for e in out if e["method"] == "tools/call"]
     assert len(calls) == 1 and calls[0]["tool"] == "add" and calls[0]["status"] == 200, out
     assert all(e["response_bytes"] > 0 for e in calls)
+
+
+def test_client_values_are_cut_so_one_request_cannot_flood_the_trail(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    audit = AuditLog(str(log), Metrics())
+    audit.open()
+    audit.emit("mcp.request", {"tool": "x" * 100_000, "jsonrpc_id": ["i" * 1000] * 5000, "sub": "s"})
+    audit.close()
+    (event,) = lines(log)
+    assert len(event["tool"]) <= 257 and event["tool"].startswith("xxx")
+    assert len(event["jsonrpc_id"]) == 100 and all(len(i) <= 257 for i in event["jsonrpc_id"])
+    assert len(log.read_bytes()) < 64 * 1024
