@@ -13,9 +13,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 # A JSON-RPC request body the policy reads whole. Tool arguments can be large (documents, images in base64);
 # beyond this the request is refused with 413 rather than forwarded unchecked.
@@ -28,9 +27,8 @@ class MessageError(ValueError):
     """The body cannot be judged: answered 400 when a policy is configured."""
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One JSON-RPC message of the request body."""
+class Message(NamedTuple):
+    """One JSON-RPC message of the request body (immutable; a tuple, built once per message per request)."""
 
     method: str | None  # None: a response (result/error) from the client
     id: Any = None
@@ -41,13 +39,16 @@ class Message:
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # RFC 8259 §4: "The names within an object SHOULD be unique"; parsers disagree on which copy wins,
-            # so the sidecar would judge one message while the backend runs another.
-            raise MessageError(f"duplicate key {key[:40]!r} in a JSON object")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        # RFC 8259 §4: "The names within an object SHOULD be unique"; parsers disagree on which copy wins,
+        # so the sidecar would judge one message while the backend runs another. (The dict is built in C and
+        # its size compared: the per-key loop is only run to name the duplicate.)
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise MessageError(f"duplicate key {key[:40]!r} in a JSON object")
+            seen.add(key)
     return out
 
 
@@ -56,13 +57,23 @@ def _no_constant(name: str) -> Any:
 
 
 _DECODER: Final = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constant)
+# The decoder's C scanner with the same hooks. JSONDecoder.decode() is this scanner plus two regex matches for the
+# whitespace around the value; a body with none (what clients send) is scanned directly, anything else goes
+# through decode() for its exact rules and messages.
+_SCAN: Final[Callable[[str, int], tuple[Any, int]]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def loads(body: bytes | str) -> Any:
     """Strict JSON (RFC 8259): UTF-8 only, unique keys, no NaN/Infinity. Raises :class:`MessageError`."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        return _DECODER.decode(text)
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1  # no value at position 0 (leading whitespace, an empty body): decode() says why
+        if end != len(text):
+            return _DECODER.decode(text)  # whitespace around the value, or extra data after it
+        return value
     except UnicodeDecodeError:
         raise MessageError("the body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
@@ -80,9 +91,9 @@ def _message(obj: Any) -> Message:
     if not isinstance(obj, dict):
         raise MessageError("each JSON-RPC message must be an object")
     method = obj.get("method")
-    has_id = "id" in obj
     msg_id = obj.get("id")
-    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, str | int | float)):
+    has_id = msg_id is not None or "id" in obj
+    if msg_id is not None and (isinstance(msg_id, bool) or not isinstance(msg_id, (str, int, float))):
         raise MessageError("a JSON-RPC id must be a string or a number")
     if method is None:
         if "method" in obj:
@@ -91,18 +102,15 @@ def _message(obj: Any) -> Message:
     if not isinstance(method, str):
         raise MessageError("'method' must be a string")
     params = obj.get("params")
-    if params is not None and not isinstance(params, dict | list):
+    if params is not None and not isinstance(params, (dict, list)):
         raise MessageError("'params' must be an object or an array")
-    tool = name = None
     key = _NAME_PARAM.get(method)
-    if key is not None:
-        value = params.get(key) if isinstance(params, dict) else None
-        if not isinstance(value, str):
-            raise MessageError(f"{method} needs a string params.{key}")
-        name = value
-        if method == "tools/call":
-            tool = value
-    return Message(method, msg_id, params, tool, name, has_id)
+    if key is None:
+        return Message(method, msg_id, params, None, None, has_id)
+    value = params.get(key) if isinstance(params, dict) else None
+    if not isinstance(value, str):
+        raise MessageError(f"{method} needs a string params.{key}")
+    return Message(method, msg_id, params, value if method == "tools/call" else None, value, has_id)
 
 
 def parse_body(body: bytes) -> tuple[Message, ...]:
@@ -125,6 +133,8 @@ def _single(values: Sequence[str], header: str) -> str | None:
 
 def check_headers(messages: Sequence[Message], methods: Sequence[str], names: Sequence[str]) -> None:
     """``Mcp-Method`` / ``Mcp-Name`` must agree with the body (every element of a batch). Raises MessageError."""
+    if not methods and not names:
+        return  # neither header sent (every client before MCP 2026-07-28)
     method = _single(methods, "Mcp-Method")
     name = _single(names, "Mcp-Name")
     for msg in messages:

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from sidecar.mcp_message import within_values
 
@@ -93,8 +93,7 @@ class Caller:
     scopes: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One JSON-RPC message: its method, its tool name (``tools/call``) and its params.
 
     ``params`` is ``None`` when deciding whether to show a tool in ``tools/list``: a rule whose condition reads
@@ -155,15 +154,17 @@ class Policy:
         self.rules = rules
         self.default_allow = default_allow
         self.has_conditions = any(r.when is not None for r in rules)
-        self._selected: dict[tuple[str, str | None], tuple[Rule, ...]] = {}
+        # (method, tool) -> the rules selecting it, and whether any of their conditions reads mcp.params
+        self._selected: dict[tuple[str, str | None], tuple[tuple[Rule, ...], bool]] = {}
         self._contexts: dict[tuple[int, str, str | None], tuple[Mapping[str, Any], Any]] = {}
         self._decisions: dict[tuple[int, str, str | None], tuple[Mapping[str, Any], frozenset[str], Decision]] = {}
 
-    def _rules_for(self, call: Call) -> tuple[Rule, ...]:
+    def _rules_for(self, call: Call) -> tuple[tuple[Rule, ...], bool]:
         key = (call.method, call.tool)
         found = self._selected.get(key)
         if found is None:
-            found = tuple(r for r in self.rules if r.selects(call))
+            rules = tuple(r for r in self.rules if r.selects(call))
+            found = (rules, any(r.when is not None and r.when.reads_params for r in rules))
             if len(self._selected) >= SELECTION_CACHE_ENTRIES:
                 self._selected.pop(next(iter(self._selected)))
             self._selected[key] = found
@@ -182,10 +183,10 @@ class Policy:
 
     def decide(self, caller: Caller, call: Call) -> Decision:
         """The decision for one message (``call.params is None``: the ``tools/list`` view)."""
-        rules = self._rules_for(call)
+        rules, reads_params = self._rules_for(call)
         if not rules:
             return ALLOWED_BY_DEFAULT if self.default_allow else DENIED_BY_DEFAULT
-        if any(r.when is not None and r.when.reads_params for r in rules):
+        if reads_params:
             return self._decide(caller, call, rules)
         # Nothing here reads the params: the decision depends on the caller and (method, tool) only.
         key = (id(caller.claims), call.method, call.tool)

@@ -206,7 +206,10 @@ class Proxy:
         elif not request.body_exists:
             data = None
         elif length is not None and length <= SMALL_BODY_BYTES:
-            data = await request.read()
+            # Arrived whole with the head (the usual case): taken from the buffer without request.read()'s awaits
+            # and bytearray copy (the app sets no client_max_size for read() to check).
+            content = request.content
+            data = content.read_nowait() if content.is_eof() else await request.read()
         else:
             data = request.content.iter_any().__aiter__()
         raw = request.raw_path

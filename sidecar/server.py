@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import os
@@ -211,6 +212,9 @@ async def serve(settings: Settings, *, with_metrics: bool, reuse_port: bool, wor
     app = build_app(settings, metrics)
     runner = _runner(app, settings)
     await runner.setup()
+    # Everything built so far (modules, settings, the app, compiled policy) lives as long as the process: moved out
+    # of the collector's generations, so the collections that request garbage triggers no longer rescan it.
+    gc.freeze()
     host, port = parse_host_port(settings.listen)
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=LISTEN_BACKLOG)
     await site.start()

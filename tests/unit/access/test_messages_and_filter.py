@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sidecar.mcp_message import MessageError, check_headers, parse_body, tools_list_ids
+from sidecar.mcp_message import MessageError, check_headers, loads, parse_body, tools_list_ids
 from sidecar.tool_filter import MAX_EVENT_BYTES, FilterError, SseFilter, filter_json
 
 
@@ -49,6 +49,52 @@ def test_single_and_batch_messages() -> None:
 def test_ambiguous_or_broken_bodies_are_refused(body: bytes) -> None:
     with pytest.raises(MessageError):
         parse_body(body)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _strict_reference(text: str) -> Any:
+    """What the parser must do: the standard library's full decode with duplicate keys and constants refused."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        if len({k for k, _ in items}) != len(items):
+            raise MessageError("duplicate")
+        return dict(items)
+
+    def constant(name: str) -> Any:
+        raise MessageError(name)
+
+    return json.JSONDecoder(object_pairs_hook=pairs, parse_constant=constant).decode(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=_JSON,
+    before=st.sampled_from(["", " ", "\n", "\t\r\n "]),
+    after=st.sampled_from(["", " ", "\n", "x", ",1", "]", " {}", "NaN"]),
+    dup=st.booleans(),
+)
+def test_loads_agrees_with_the_strict_full_decoder(value: Any, before: str, after: str, dup: bool) -> None:
+    # The parser scans the common whitespace-free body directly and leaves everything else to the full decoder:
+    # whatever the body, it must accept and refuse exactly what the full strict decoder does.
+    text = json.dumps(value)
+    if dup and text.startswith("{") and text != "{}":
+        text = '{"k":1,"k":2,' + text[1:]
+    text = before + text + after
+    try:
+        want: Any = ("ok", _strict_reference(text))
+    except (MessageError, json.JSONDecodeError):
+        want = ("refused",)
+    try:
+        got: Any = ("ok", loads(text.encode()))
+    except MessageError:
+        got = ("refused",)
+    assert got == want
 
 
 def test_mcp_method_and_name_headers_must_match_the_body() -> None:

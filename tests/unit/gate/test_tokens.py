@@ -7,6 +7,8 @@ import math
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.auth import GateAuthenticator
 from sidecar.challenge import HeaderTooLarge, InsufficientScope, InvalidToken, MissingToken
@@ -335,3 +337,19 @@ async def test_real_clock_smoke() -> None:
     # The authenticator takes `now`; real time works the same way.
     token = unsigned({"exp": time.time() + 60})
     assert (await _gate(leeway=0).authenticate(f"Bearer {token}", time.time())).kind is Kind.JWT
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40) | st.text(alphabet="aZ09-._~+/= \t\n", max_size=40))
+def test_parse_authorization_accepts_exactly_the_b64token_alphabet(token: str) -> None:
+    # The bearer check is one regex scan; it must accept exactly the RFC 6750 b64token characters (as the
+    # per-character check it replaced did), never a newline, a space inside the token or a non-ASCII letter.
+    alphabet = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+    got = parse_authorization("Bearer " + token)
+    stripped = ("Bearer " + token).strip().partition(" ")[2].strip(" \t")
+    if not stripped:
+        assert got is BearerProblem.EMPTY
+    elif all(ch in alphabet for ch in stripped):
+        assert got == stripped
+    else:
+        assert got is BearerProblem.BAD_SYNTAX
