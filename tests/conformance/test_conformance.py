@@ -18,6 +18,7 @@ and PKCE code exchange). ``make conformance`` runs just this file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -145,8 +147,8 @@ class Deployment:
     sidecar: str  # the sidecar's public URL (the same server behind it)
 
 
-@pytest.fixture(scope="module")
-def deployment(node: Node) -> Iterator[Deployment]:
+@contextlib.contextmanager
+def _deploy(extra_env: dict[str, str] | None = None, sidecar_stdout: Any = None) -> Iterator[Deployment]:
     server_port, sidecar_port, metrics_port = _free_port(), _free_port(), _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.conformance.everything_server", "--port", str(server_port)],
@@ -155,6 +157,7 @@ def deployment(node: Node) -> Iterator[Deployment]:
     )
     public = f"http://127.0.0.1:{sidecar_port}"
     env = {**os.environ, "MCP_SIDECAR_LOG_LEVEL": "warning", "MCP_SIDECAR_AUTHORIZATION_SERVERS": "http://127.0.0.1:9"}
+    env |= extra_env or {}
     sidecar = subprocess.Popen(
         [
             sys.executable, "-m", "sidecar", "serve",
@@ -166,6 +169,7 @@ def deployment(node: Node) -> Iterator[Deployment]:
         ],
         cwd=ROOT,
         env=env,
+        stdout=sidecar_stdout,
     )  # fmt: skip
     try:
         _wait_until_up(f"http://127.0.0.1:{server_port}/mcp", server, "the everything server")
@@ -174,6 +178,12 @@ def deployment(node: Node) -> Iterator[Deployment]:
     finally:
         _stop(sidecar)
         _stop(server)
+
+
+@pytest.fixture(scope="module")
+def deployment(node: Node) -> Iterator[Deployment]:
+    with _deploy() as deployed:
+        yield deployed
 
 
 Statuses = dict[tuple[str, str], list[str]]  # (scenario, check id) -> statuses, INFO checks left out
@@ -332,3 +342,19 @@ async def test_broker_mode_changes_no_scenario_outcome(
         through = await run_suite_async(node, sidecar.mcp_url, tmp_path, bearer=tokens["access_token"])
     assert differences(direct, through) == {}
     assert failures(through) == []
+
+
+def test_an_allow_all_policy_and_the_audit_trail_change_no_scenario_outcome(
+    node: Node, results: tuple[Statuses, Statuses], tmp_path: Path
+) -> None:
+    """Issue 15: with ``tool_policy`` allowing everything (so every body is parsed and judged) and
+    ``audit_log: stdout``, every scenario comes out as it does at the server itself, and each request is audited."""
+    direct, _ = results
+    audit = tmp_path / "audit.jsonl"
+    policy = {"MCP_SIDECAR_TOOL_POLICY": '[{"tools": ["*"]}]', "MCP_SIDECAR_AUDIT_LOG": "stdout"}
+    with audit.open("wb") as sink, _deploy(policy, sidecar_stdout=sink) as deployed:
+        through = run_suite(node, deployed.sidecar, tmp_path / "policy", bearer=True)
+    assert differences(direct, through) == {}
+    events = [json.loads(line) for line in audit.read_text().splitlines() if line.startswith('{"event"')]
+    calls = [e for e in events if e["event"] == "mcp.request" and e.get("method") == "tools/call"]
+    assert calls and all(e["decision"] == "allow" for e in calls)
